@@ -1,0 +1,6 @@
+"""celery-operator: runs Celery workers and a singleton beat on Kubernetes from one CeleryCluster."""
+
+GROUP = "celeryoperator.dev"
+VERSION = "v1alpha1"
+PLURAL = "celeryclusters"
+KIND = "CeleryCluster"
