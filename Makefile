@@ -1,0 +1,41 @@
+# The two commands a newcomer needs:  `make up` (local cluster + demo) and `make test` (every tier).
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: deps up down test lint typecheck unit integration e2e cluster cluster-down image
+
+deps:
+	@scripts/deps.sh
+
+up: deps
+	@scripts/up.sh
+
+down:
+	@scripts/down.sh
+
+test: deps
+	@scripts/test.sh
+
+lint: deps
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+typecheck: deps
+	.venv/bin/mypy
+
+unit: deps
+	$(PY) -m pytest tests/unit
+
+integration: deps
+	$(PY) -m pytest tests/integration
+
+e2e: deps
+	$(PY) -m pytest tests/e2e
+
+cluster: deps
+	@cluster/up.sh
+
+cluster-down:
+	@cluster/down.sh
+
+image: deps
+	@cluster/image.sh
