@@ -1,4 +1,4 @@
-"""celery-operator: runs Celery workers and a singleton beat on Kubernetes from one CeleryCluster."""
+"""celery-operator: Celery workers and a singleton beat on Kubernetes, from one CeleryCluster."""
 
 GROUP = "celeryoperator.dev"
 VERSION = "v1alpha1"

@@ -1,0 +1,309 @@
+"""Desired children of a CeleryCluster as plain dicts (pure: the same spec gives the same dicts).
+
+Each builder returns the whole object the operator owns, ready for server-side apply. Fields the
+operator leaves out stay with whoever set them (a hand-added label, an HPA's replicas later on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from celery_operator import naming
+from celery_operator.spec import Beat, ClusterSpec, Json, Placement, PodOverrides, WorkerPool
+
+BEAT_SCHEDULE_DIR: Final = "/var/lib/celery-beat"
+BEAT_SCHEDULE_VOLUME: Final = "beat-schedule"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The CeleryCluster that owns the children: deleting it deletes them (garbage collector)."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def desired_children(owner: Owner, spec: ClusterSpec) -> list[dict[str, Any]]:
+    """Every object the cluster should have: a Deployment per pool, and beat when enabled."""
+    children = [worker_deployment(owner, spec, pool) for pool in spec.workers]
+    if spec.beat.enabled:
+        children.append(beat_statefulset(owner, spec))
+    return children
+
+
+def worker_deployment(owner: Owner, spec: ClusterSpec, pool: WorkerPool) -> dict[str, Any]:
+    """The Deployment running ``celery worker`` for ``pool``.
+
+    Rolling updates start new workers before old ones go (``maxUnavailable: 0``); an old worker
+    receives SIGTERM, which Celery takes as a warm shutdown: it stops consuming and finishes its
+    running tasks within ``terminationGracePeriodSeconds``.
+    """
+    selector = naming.worker_selector(owner.name, pool.name)
+    pod = pool.placement.pod.layered_over(spec.pod)
+    args = ["-A", spec.app, "worker", "--hostname", naming.node_name(pool.name)]
+    args += ["--queues", ",".join(pool.queues)]
+    args += ["--concurrency", str(pool.concurrency), "--pool", pool.pool, "--loglevel", "INFO"]
+    args += _flag("--prefetch-multiplier", pool.prefetch_multiplier)
+    args += _flag("--max-tasks-per-child", pool.max_tasks_per_child)
+    args += _flag("--max-memory-per-child", pool.max_memory_per_child_kib)
+    args += _flag("--soft-time-limit", pool.soft_time_limit_seconds)
+    args += _flag("--time-limit", pool.time_limit_seconds)
+    args += pool.placement.extra_args
+    container = _container(
+        naming.WORKER, spec, pool.placement, pod, args, extra_env=[_env("CELERY_POOL", pool.name)]
+    )
+    template = _pod_template(
+        spec,
+        pool.placement,
+        pod,
+        labels={**naming.cluster_labels(owner.name), **selector},
+        container=container,
+        grace=pool.termination_grace_period_seconds,
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, naming.worker_name(owner.name, pool.name), selector),
+        "spec": {
+            "replicas": pool.replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "template": template,
+        },
+    }
+    return _stamped(deployment)
+
+
+def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
+    """The StatefulSet running the one ``celery beat``.
+
+    Two beats would send every scheduled task twice, so beat must run at most once, always.
+    A StatefulSet with one replica gives that: its pod has a fixed name (``<name>-0``), and the
+    controller creates a replacement only after the old pod object is gone. A rollout deletes the
+    old pod and waits for it to terminate; an unreachable node's pod is not replaced until it is
+    confirmed dead. A Deployment, even with ``Recreate``, creates a new pod as soon as the old
+    one is marked for deletion, so for a while two may run; that is why it is not used here.
+    """
+    beat = spec.beat
+    selector = naming.beat_selector(owner.name)
+    pod = beat.placement.pod.layered_over(spec.pod)
+    args = ["-A", spec.app, "beat", "--loglevel", "INFO"]
+    args += ["--schedule", f"{BEAT_SCHEDULE_DIR}/celerybeat-schedule"]
+    # No pidfile: a stale one left on a persistent volume would stop the next beat from starting.
+    args += ["--pidfile="]
+    args += _flag("--scheduler", beat.scheduler or None)
+    args += beat.placement.extra_args
+    mount = {"name": BEAT_SCHEDULE_VOLUME, "mountPath": BEAT_SCHEDULE_DIR}
+    container = _container(naming.BEAT, spec, beat.placement, pod, args, extra_mounts=[mount])
+    template = _pod_template(
+        spec,
+        beat.placement,
+        pod,
+        labels={**naming.cluster_labels(owner.name), **selector},
+        container=container,
+        grace=beat.termination_grace_period_seconds,
+        extra_volumes=_beat_volumes(beat),
+    )
+    statefulset: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(owner, naming.beat_name(owner.name), selector),
+        "spec": {
+            "replicas": 1,
+            "serviceName": naming.beat_name(owner.name),
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector},
+            "template": template,
+            "volumeClaimTemplates": _beat_claims(beat),
+        },
+    }
+    return _stamped(statefulset)
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    """A short, stable hash of a desired object (its own hash annotation left out)."""
+    metadata = dict(obj.get("metadata", {}))
+    annotations = {
+        k: v for k, v in metadata.get("annotations", {}).items() if k != naming.SPEC_HASH_ANNOTATION
+    }
+    body = {**obj, "metadata": {**metadata, "annotations": annotations}}
+    encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _stamped(obj: dict[str, Any]) -> dict[str, Any]:
+    pruned: dict[str, Any] = prune(obj)
+    pruned["metadata"].setdefault("annotations", {})[naming.SPEC_HASH_ANNOTATION] = spec_hash(
+        pruned
+    )
+    return pruned
+
+
+_MEANINGFUL_WHEN_EMPTY: Final = frozenset({"emptyDir"})
+"""Keys whose empty map still means something (``emptyDir: {}`` picks the volume type)."""
+
+
+def prune(value: Any) -> Any:
+    """Drop ``None`` and empty lists/maps, which the API server would not store anyway."""
+    if isinstance(value, Mapping):
+        kept = {k: prune(v) for k, v in value.items()}
+        return {
+            k: v
+            for k, v in kept.items()
+            if v is not None and (k in _MEANINGFUL_WHEN_EMPTY or v not in ({}, []))
+        }
+    if isinstance(value, list | tuple):
+        return [prune(v) for v in value]
+    return value
+
+
+def _metadata(owner: Owner, name: str, selector: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**naming.cluster_labels(owner.name), **selector},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def _pod_template(
+    spec: ClusterSpec,
+    placement: Placement,
+    pod: PodOverrides,
+    *,
+    labels: Mapping[str, str],
+    container: dict[str, Any],
+    grace: int,
+    extra_volumes: Iterable[Mapping[str, Json]] = (),
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "labels": {**pod.labels, **labels},  # ours win: the selector must match
+            "annotations": dict(pod.annotations),
+        },
+        "spec": {
+            "containers": [container],
+            "terminationGracePeriodSeconds": grace,
+            "enableServiceLinks": False,
+            "hostNetwork": pod.host_network,
+            # Under host networking pods still resolve cluster names through the cluster DNS.
+            "dnsPolicy": "ClusterFirstWithHostNet" if pod.host_network else None,
+            "serviceAccountName": pod.service_account_name,
+            "priorityClassName": pod.priority_class_name,
+            "securityContext": pod.security_context,
+            "nodeSelector": dict(placement.node_selector),
+            "tolerations": list(placement.tolerations),
+            "affinity": placement.affinity,
+            "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets],
+            "volumes": [*pod.volumes, *extra_volumes],
+        },
+    }
+
+
+def _container(
+    name: str,
+    spec: ClusterSpec,
+    placement: Placement,
+    pod: PodOverrides,
+    args: list[str],
+    *,
+    extra_env: Iterable[Mapping[str, Json]] = (),
+    extra_mounts: Iterable[Mapping[str, Json]] = (),
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["celery"],
+        "args": args,
+        "env": _merged_env([*_operator_env(spec), *extra_env], [*spec.env], [*placement.env]),
+        "envFrom": [*spec.env_from, *placement.env_from],
+        "resources": dict(placement.resources),
+        "securityContext": pod.container_security_context,
+        "volumeMounts": [*pod.volume_mounts, *extra_mounts],
+    }
+
+
+def _operator_env(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """What every Celery container learns from the operator: who it is and where the broker is.
+
+    The broker URL comes from the user's Secret, never from the resource itself. Celery reads
+    ``CELERY_BROKER_URL`` on its own; the transport options are given as JSON for the app (and the
+    probes) to read, so that they name queue keys the way the operator counts them.
+    """
+    keys = spec.broker.keys
+    options = {
+        "global_keyprefix": keys.global_keyprefix,
+        "priority_steps": list(keys.priority_steps),
+        "sep": keys.separator,
+    }
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {
+            "name": "CELERY_BROKER_URL",
+            "valueFrom": {
+                "secretKeyRef": {"name": spec.broker.secret_name, "key": spec.broker.secret_key}
+            },
+        },
+        _env("CELERY_BROKER_TRANSPORT_OPTIONS", json.dumps(options, sort_keys=True)),
+    ]
+
+
+def _merged_env(*layers: list[Mapping[str, Json]]) -> list[Mapping[str, Json]]:
+    """Env lists merged by name, later layers winning, first-seen order kept."""
+    merged: dict[str, Mapping[str, Json]] = {}
+    for layer in layers:
+        for item in layer:
+            merged[item["name"]] = item
+    return list(merged.values())
+
+
+def _env(name: str, value: str) -> dict[str, str]:
+    return {"name": name, "value": value}
+
+
+def _flag(flag: str, value: int | str | None) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+def _beat_volumes(beat: Beat) -> list[dict[str, Any]]:
+    if beat.persistence == "emptyDir":
+        return [{"name": BEAT_SCHEDULE_VOLUME, "emptyDir": {}}]
+    return []  # the claim template provides the volume
+
+
+def _beat_claims(beat: Beat) -> list[dict[str, Any]]:
+    if beat.persistence != "persistentVolumeClaim":
+        return []
+    return [
+        {
+            "metadata": {"name": BEAT_SCHEDULE_VOLUME},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": beat.storage_class_name,
+                "resources": {"requests": {"storage": beat.persistence_size}},
+            },
+        }
+    ]

@@ -1,0 +1,285 @@
+"""One reconcile of one CeleryCluster: observe, decide (pure modules), write what differs.
+
+The same function runs on create, update, resume, child changes and a timer (level-triggered):
+it never asks what happened, only what is and what should be. It writes nothing when the live
+children and status already match, and it never deletes a running child because the spec is
+wrong: a spec that cannot work leaves everything running and marks the cluster Degraded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from celery_operator import GROUP, KIND, VERSION, builders, diff, naming, status
+from celery_operator.kube import EventTarget, Kube, KubeError
+from celery_operator.queues import KeyScheme
+from celery_operator.spec import ClusterSpec, SpecError, parse_cluster
+
+log = logging.getLogger(__name__)
+
+BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
+"""Reads messages waiting per queue from the broker at a URL; raises when it cannot."""
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile did: the loop logs it and tests assert on it."""
+
+    found: bool
+    writes: int = 0
+    actions: tuple[diff.Action, ...] = ()
+    phase: str = ""
+
+
+class Reconciler:
+    """Reconciles CeleryClusters through a Kube adapter and a broker reader."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        read_backlog: BacklogReader | None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.kube = kube
+        self.read_backlog = read_backlog
+        self.clock = clock
+
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        writes_before = self.kube.writes
+        cluster = self.kube.get_cluster(namespace, name)
+        if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+            return Outcome(found=False)  # the garbage collector removes the children
+        meta = cluster["metadata"]
+        owner = builders.Owner(
+            api_version=f"{GROUP}/{VERSION}",
+            kind=KIND,
+            name=name,
+            namespace=namespace,
+            uid=meta["uid"],
+        )
+        target = EventTarget(owner.api_version, KIND, name, namespace, owner.uid)
+        live = self._live_children(namespace, name)
+
+        problems: list[status.Problem] = []
+        spec: ClusterSpec | None = None
+        try:
+            spec = parse_cluster(name, cluster.get("spec") or {})
+        except SpecError as error:
+            problems.append(status.Problem(status.Reason.INVALID_SPEC, str(error)))
+
+        broker_url: str | None = None
+        actions: list[diff.Action] = []
+        if spec is not None:
+            broker_url, problem = self._broker_url(namespace, spec)
+            problems += [problem] if problem else []
+            desired = builders.desired_children(owner, spec)
+            problems += self._name_conflicts(namespace, desired, live, owner.uid)
+            if not problems:
+                actions = diff.plan(desired, live.values(), owner.uid)
+                problems += self._execute(actions, namespace, live, target)
+
+        queue_backlog, broker_error = self._backlog(spec, broker_url)
+        seen = self._observation(
+            name, meta.get("generation", 0), spec, live, problems, queue_backlog, broker_error
+        )
+        previous = cluster.get("status") or {}
+        update = status.compute(seen, previous, self.clock())
+        if _differs(update.status, previous):
+            patch = {**{k: None for k in previous if k not in update.status}, **update.status}
+            self.kube.patch_cluster_status(namespace, name, patch)
+        for change in update.transitions:
+            self.kube.emit_event(
+                target,
+                reason=change.reason,
+                message=f"{change.type}={change.status}: {change.message}",
+                warning=change.warning,
+                now=self.clock(),
+            )
+        return Outcome(
+            found=True,
+            writes=self.kube.writes - writes_before,
+            actions=tuple(actions),
+            phase=update.status["phase"],
+        )
+
+    def _live_children(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+        labels = naming.cluster_labels(name)
+        live: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind in ("Deployment", "StatefulSet"):
+            for obj in self.kube.list_children(kind, namespace, labels):
+                live[(kind, obj["metadata"]["name"])] = obj
+        return live
+
+    def _broker_url(
+        self, namespace: str, spec: ClusterSpec
+    ) -> tuple[str | None, status.Problem | None]:
+        ref = spec.broker
+        data = self.kube.get_secret_data(namespace, ref.secret_name)
+        if data is None:
+            return None, status.Problem(
+                status.Reason.BROKER_SECRET_MISSING,
+                f"spec.broker.urlSecretRef.name: Secret {ref.secret_name!r} not found "
+                f"in namespace {namespace!r}",
+            )
+        if ref.secret_key not in data:
+            return None, status.Problem(
+                status.Reason.BROKER_SECRET_MISSING,
+                f"spec.broker.urlSecretRef.key: Secret {ref.secret_name!r} has no key "
+                f"{ref.secret_key!r} (it has: {', '.join(sorted(data)) or 'none'})",
+            )
+        try:
+            return base64.b64decode(data[ref.secret_key]).decode().strip(), None
+        except (binascii.Error, UnicodeDecodeError):
+            return None, status.Problem(
+                status.Reason.BROKER_SECRET_MISSING,
+                f"spec.broker.urlSecretRef.key: Secret {ref.secret_name!r} key "
+                f"{ref.secret_key!r} is not valid base64-encoded text",
+            )
+
+    def _name_conflicts(
+        self,
+        namespace: str,
+        desired: Sequence[Mapping[str, Any]],
+        live: Mapping[tuple[str, str], Mapping[str, Any]],
+        owner_uid: str,
+    ) -> list[status.Problem]:
+        """Objects with our children's names that something else owns: never take them over."""
+        problems = []
+        for want in desired:
+            kind, name = want["kind"], want["metadata"]["name"]
+            found = live.get((kind, name)) or self.kube.get_child(kind, namespace, name)
+            if found is not None and not diff.is_controlled_by(found, owner_uid):
+                problems.append(
+                    status.Problem(
+                        status.Reason.NAME_CONFLICT,
+                        f"{kind} {name!r} already exists and is not managed by this "
+                        "CeleryCluster; rename the cluster or pool, or delete that object",
+                    )
+                )
+        return problems
+
+    def _execute(
+        self,
+        actions: Sequence[diff.Action],
+        namespace: str,
+        live: dict[tuple[str, str], dict[str, Any]],
+        target: EventTarget,
+    ) -> list[status.Problem]:
+        problems = []
+        for action in actions:
+            key = (action.kind, action.name)
+            try:
+                if action.verb == "delete":
+                    uid = live[key]["metadata"].get("uid")
+                    self.kube.delete_child(action.kind, namespace, action.name, uid)
+                    del live[key]
+                else:
+                    assert action.body is not None
+                    live[key] = self.kube.apply(action.body)
+            except KubeError as error:
+                if action.kind == "StatefulSet" and error.invalid and key in live:
+                    # A field a StatefulSet cannot change (its volume claims): replace it. The
+                    # foreground delete keeps the at-most-one beat: the new one starts after.
+                    self.kube.delete_child(
+                        action.kind, namespace, action.name, live[key]["metadata"].get("uid")
+                    )
+                    self._event(target, "Replacing", f"{action.kind} {action.name}: {error}")
+                    continue
+                problems.append(
+                    status.Problem(
+                        status.Reason.APPLY_FAILED,
+                        f"could not {action.verb} {action.kind} {action.name!r}: {error.message}",
+                    )
+                )
+                continue
+            log.info("%sd %s %s (%s)", action.verb, action.kind, action.name, action.reason)
+            self._event(
+                target,
+                {"create": "Created", "update": "Updated", "delete": "Deleted"}[action.verb],
+                f"{action.verb}d {action.kind} {action.name}: {action.reason}",
+            )
+        return problems
+
+    def _event(self, target: EventTarget, reason: str, message: str) -> None:
+        self.kube.emit_event(
+            target, reason=reason, message=message, warning=False, now=self.clock()
+        )
+
+    def _backlog(
+        self, spec: ClusterSpec | None, url: str | None
+    ) -> tuple[Mapping[str, int] | None, str | None]:
+        if spec is None or url is None or self.read_backlog is None:
+            return None, None
+        queues = sorted({q for pool in spec.workers for q in pool.queues})
+        try:
+            return self.read_backlog(url, queues, spec.broker.keys), None
+        except Exception as error:  # any broker failure: report it, never stop reconciling
+            return None, f"{type(error).__name__}: {error}"
+
+    def _observation(
+        self,
+        name: str,
+        generation: int,
+        spec: ClusterSpec | None,
+        live: Mapping[tuple[str, str], Mapping[str, Any]],
+        problems: Sequence[status.Problem],
+        queue_backlog: Mapping[str, int] | None,
+        broker_error: str | None,
+    ) -> status.Observation:
+        if spec is None:
+            # The spec cannot be read: report what runs, by the labels on the live children.
+            pools = tuple(
+                status.observe_pool(
+                    obj["metadata"]["labels"].get(naming.POOL_LABEL, child),
+                    (),
+                    obj.get("spec", {}).get("replicas", 0),
+                    obj,
+                    None,
+                )
+                for (kind, child), obj in sorted(live.items())
+                if kind == "Deployment"
+            )
+            beat_live = next((o for (k, _), o in live.items() if k == "StatefulSet"), None)
+            beat_enabled = beat_live is not None
+        else:
+            pools = tuple(
+                status.observe_pool(
+                    pool.name,
+                    pool.queues,
+                    pool.replicas,
+                    live.get(("Deployment", naming.worker_name(name, pool.name))),
+                    queue_backlog,
+                )
+                for pool in spec.workers
+            )
+            beat_enabled = spec.beat.enabled
+            beat_live = live.get(("StatefulSet", naming.beat_name(name)))
+        beat_ready, beat_rolled_out = status.observe_beat(beat_live)
+        return status.Observation(
+            generation=generation,
+            pools=pools,
+            beat_enabled=beat_enabled,
+            beat_ready=beat_ready,
+            beat_rolled_out=beat_rolled_out,
+            problems=tuple(problems),
+            queue_backlog=queue_backlog,
+            broker_error=broker_error,
+        )
+
+
+def _differs(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    return any(old.get(key) != value for key, value in new.items()) or any(
+        key not in new for key in old
+    )

@@ -1,0 +1,482 @@
+"""The CeleryCluster spec as typed, frozen objects, parsed from the raw resource (pure, no I/O).
+
+The CRD in ``crds/`` is the source of truth for the API: the API server validates and defaults a
+resource before the operator sees it. Parsing still applies the same defaults (a unit test holds
+them equal to the CRD's) so that the operator behaves the same whether or not the server defaulted
+a field, and it checks what the schema cannot: rules that span the resource's name and its fields.
+Every error names the field path, e.g. ``spec.workers[1].timeLimitSeconds``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from celery_operator.queues import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR, KeyScheme
+
+_T = TypeVar("_T")
+
+Json = Any
+"""A value decoded from the resource's JSON: kept as it came for Kubernetes core types."""
+
+DEFAULT_IMAGE_PULL_POLICY: Final = "IfNotPresent"
+DEFAULT_SECRET_KEY: Final = "url"
+DEFAULT_QUEUES: Final = ("celery",)
+DEFAULT_REPLICAS: Final = 1
+DEFAULT_CONCURRENCY: Final = 2
+DEFAULT_POOL: Final = "prefork"
+DEFAULT_WORKER_GRACE_SECONDS: Final = 60
+"""Long enough for typical tasks to finish during Celery's warm shutdown (SIGTERM)."""
+DEFAULT_BEAT_GRACE_SECONDS: Final = 30
+DEFAULT_BEAT_PERSISTENCE: Final = "emptyDir"
+DEFAULT_BEAT_PERSISTENCE_SIZE: Final = "64Mi"
+
+POOL_TYPES: Final = ("prefork", "threads", "solo", "gevent", "eventlet")
+PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
+PERSISTENCE_TYPES: Final = ("emptyDir", "persistentVolumeClaim")
+
+MAX_OBJECT_NAME: Final = 63
+"""Children's names become label values and pod hostnames: both stop at 63 characters."""
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_APP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_.]*)?$")
+
+
+class SpecError(ValueError):
+    """A spec that cannot work; ``path`` is the field to fix, ``str()`` reads as one sentence."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PodOverrides:
+    """Pod-level settings a user may add to every pod of a pool or of beat."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    security_context: Mapping[str, Json] | None = None
+    container_security_context: Mapping[str, Json] | None = None
+    service_account_name: str | None = None
+    priority_class_name: str | None = None
+    host_network: bool | None = None
+    volumes: tuple[Mapping[str, Json], ...] = ()
+    volume_mounts: tuple[Mapping[str, Json], ...] = ()
+
+    def layered_over(self, base: PodOverrides) -> PodOverrides:
+        """These overrides on top of ``base`` (the cluster-wide ones): ours win field by field."""
+        return PodOverrides(
+            labels={**base.labels, **self.labels},
+            annotations={**base.annotations, **self.annotations},
+            security_context=_first(self.security_context, base.security_context),
+            container_security_context=_first(
+                self.container_security_context, base.container_security_context
+            ),
+            service_account_name=_first(self.service_account_name, base.service_account_name),
+            priority_class_name=_first(self.priority_class_name, base.priority_class_name),
+            host_network=_first(self.host_network, base.host_network),
+            volumes=_merge_named(base.volumes, self.volumes),
+            volume_mounts=_merge_named(base.volume_mounts, self.volume_mounts),
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Settings shared by worker pools and beat: what the container gets and where it runs."""
+
+    resources: Mapping[str, Json] = field(default_factory=dict)
+    env: tuple[Mapping[str, Json], ...] = ()
+    env_from: tuple[Mapping[str, Json], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Json], ...] = ()
+    affinity: Mapping[str, Json] | None = None
+    extra_args: tuple[str, ...] = ()
+    pod: PodOverrides = field(default_factory=PodOverrides)
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """One ``celery worker`` Deployment: its queues, concurrency and limits."""
+
+    name: str
+    queues: tuple[str, ...] = DEFAULT_QUEUES
+    replicas: int = DEFAULT_REPLICAS
+    concurrency: int = DEFAULT_CONCURRENCY
+    pool: str = DEFAULT_POOL
+    prefetch_multiplier: int | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child_kib: int | None = None
+    soft_time_limit_seconds: int | None = None
+    time_limit_seconds: int | None = None
+    termination_grace_period_seconds: int = DEFAULT_WORKER_GRACE_SECONDS
+    placement: Placement = field(default_factory=Placement)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The singleton ``celery beat``."""
+
+    enabled: bool = True
+    scheduler: str = ""
+    persistence: str = DEFAULT_BEAT_PERSISTENCE
+    storage_class_name: str | None = None
+    persistence_size: str = DEFAULT_BEAT_PERSISTENCE_SIZE
+    termination_grace_period_seconds: int = DEFAULT_BEAT_GRACE_SECONDS
+    placement: Placement = field(default_factory=Placement)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where the broker URL lives (a Secret key) and how the app's transport names queue keys."""
+
+    secret_name: str
+    secret_key: str = DEFAULT_SECRET_KEY
+    keys: KeyScheme = field(default_factory=KeyScheme)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A whole CeleryCluster spec, defaults applied and cross-field rules checked."""
+
+    image: str
+    app: str
+    broker: Broker
+    workers: tuple[WorkerPool, ...]
+    image_pull_policy: str = DEFAULT_IMAGE_PULL_POLICY
+    image_pull_secrets: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Json], ...] = ()
+    env_from: tuple[Mapping[str, Json], ...] = ()
+    pod: PodOverrides = field(default_factory=PodOverrides)
+    beat: Beat = field(default_factory=Beat)
+
+    def pool(self, name: str) -> WorkerPool:
+        """The pool called ``name``; KeyError when there is none."""
+        for pool in self.workers:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+def parse_cluster(name: str, spec: Mapping[str, Json]) -> ClusterSpec:
+    """Parse ``spec`` of the CeleryCluster called ``name``; raise SpecError naming the field."""
+    r = _Reader(spec, "spec")
+    image = r.string("image", required=True, min_length=1)
+    app = r.string("app", required=True, pattern=_APP)
+    pull_policy = r.choice("imagePullPolicy", PULL_POLICIES, DEFAULT_IMAGE_PULL_POLICY)
+    pull_secrets = tuple(
+        s.string("name", required=True, min_length=1) for s in r.objects("imagePullSecrets")
+    )
+    broker = _parse_broker(r.object("broker", required=True))
+    pod = _parse_pod(r.object("podTemplate"))
+    env = tuple(_named(e, "name") for e in r.objects("env"))
+    env_from = tuple(e.raw for e in r.objects("envFrom"))
+
+    pools = r.objects("workers", required=True)
+    if not pools:
+        raise SpecError("spec.workers", "at least one worker pool is required")
+    workers = tuple(_parse_pool(p) for p in pools)
+    seen: dict[str, int] = {}
+    for index, pool in enumerate(workers):
+        if pool.name in seen:
+            raise SpecError(
+                f"spec.workers[{index}].name",
+                f"duplicate pool name {pool.name!r} (also spec.workers[{seen[pool.name]}])",
+            )
+        seen[pool.name] = index
+        longest = f"{name}-worker-{pool.name}"
+        if len(longest) > MAX_OBJECT_NAME:
+            raise SpecError(
+                f"spec.workers[{index}].name",
+                f"Deployment name {longest!r} would be {len(longest)} characters; cluster name and "
+                f"pool name together must fit in {MAX_OBJECT_NAME}",
+            )
+    beat = _parse_beat(r.object("beat"))
+    if beat.enabled and len(f"{name}-beat") > MAX_OBJECT_NAME:
+        raise SpecError("metadata.name", f"must be at most {MAX_OBJECT_NAME - 5} characters")
+    return ClusterSpec(
+        image=image,
+        app=app,
+        broker=broker,
+        workers=workers,
+        image_pull_policy=pull_policy,
+        image_pull_secrets=pull_secrets,
+        env=env,
+        env_from=env_from,
+        pod=pod,
+        beat=beat,
+    )
+
+
+def _parse_broker(r: _Reader) -> Broker:
+    ref = r.object("urlSecretRef", required=True)
+    options = r.object("transportOptions")
+    steps = options.integers("prioritySteps", default=DEFAULT_PRIORITY_STEPS, low=0, high=255)
+    if not steps:
+        raise SpecError(f"{options.path}.prioritySteps", "must list at least one step")
+    return Broker(
+        secret_name=ref.string("name", required=True, min_length=1),
+        secret_key=ref.string("key", default=DEFAULT_SECRET_KEY, min_length=1),
+        keys=KeyScheme(
+            global_keyprefix=options.string("globalKeyprefix", default=""),
+            priority_steps=steps,
+            separator=options.string("separator", default=DEFAULT_SEPARATOR),
+        ),
+    )
+
+
+def _parse_pool(r: _Reader) -> WorkerPool:
+    name = r.string("name", required=True, pattern=_DNS_LABEL, max_length=30)
+    queues = r.strings("queues", default=DEFAULT_QUEUES)
+    if not queues:
+        raise SpecError(f"{r.path}.queues", "must name at least one queue")
+    for index, queue in enumerate(queues):
+        if not queue or "," in queue or queue.strip() != queue:
+            raise SpecError(
+                f"{r.path}.queues[{index}]",
+                f"{queue!r} is not a queue name (empty, has a comma or surrounding spaces)",
+            )
+    soft = r.integer("softTimeLimitSeconds", low=1)
+    hard = r.integer("timeLimitSeconds", low=1)
+    if soft is not None and hard is not None and soft >= hard:
+        raise SpecError(
+            f"{r.path}.softTimeLimitSeconds",
+            f"must be less than timeLimitSeconds ({soft} >= {hard})",
+        )
+    return WorkerPool(
+        name=name,
+        queues=queues,
+        replicas=_required_int(r.integer("replicas", default=DEFAULT_REPLICAS, low=0)),
+        concurrency=_required_int(
+            r.integer("concurrency", default=DEFAULT_CONCURRENCY, low=1, high=1000)
+        ),
+        pool=r.choice("pool", POOL_TYPES, DEFAULT_POOL),
+        prefetch_multiplier=r.integer("prefetchMultiplier", low=1),
+        max_tasks_per_child=r.integer("maxTasksPerChild", low=1),
+        max_memory_per_child_kib=r.integer("maxMemoryPerChild", low=1),
+        soft_time_limit_seconds=soft,
+        time_limit_seconds=hard,
+        termination_grace_period_seconds=_required_int(
+            r.integer(
+                "terminationGracePeriodSeconds",
+                default=DEFAULT_WORKER_GRACE_SECONDS,
+                low=1,
+                high=86400,
+            )
+        ),
+        placement=_parse_placement(r),
+    )
+
+
+def _parse_beat(r: _Reader) -> Beat:
+    persistence = r.object("persistence")
+    return Beat(
+        enabled=r.boolean("enabled", default=True),
+        scheduler=r.string("scheduler", default=""),
+        persistence=persistence.choice("type", PERSISTENCE_TYPES, DEFAULT_BEAT_PERSISTENCE),
+        storage_class_name=persistence.optional_string("storageClassName"),
+        persistence_size=str(persistence.raw.get("size", DEFAULT_BEAT_PERSISTENCE_SIZE)),
+        termination_grace_period_seconds=_required_int(
+            r.integer(
+                "terminationGracePeriodSeconds",
+                default=DEFAULT_BEAT_GRACE_SECONDS,
+                low=1,
+                high=3600,
+            )
+        ),
+        placement=_parse_placement(r),
+    )
+
+
+def _parse_placement(r: _Reader) -> Placement:
+    return Placement(
+        resources=r.object("resources").raw,
+        env=tuple(_named(e, "name") for e in r.objects("env")),
+        env_from=tuple(e.raw for e in r.objects("envFrom")),
+        node_selector=r.string_map("nodeSelector"),
+        tolerations=tuple(t.raw for t in r.objects("tolerations")),
+        affinity=r.object("affinity").raw or None,
+        extra_args=r.strings("extraArgs", default=()),
+        pod=_parse_pod(r.object("podTemplate")),
+    )
+
+
+def _parse_pod(r: _Reader) -> PodOverrides:
+    return PodOverrides(
+        labels=r.string_map("labels"),
+        annotations=r.string_map("annotations"),
+        security_context=r.object("securityContext").raw or None,
+        container_security_context=r.object("containerSecurityContext").raw or None,
+        service_account_name=r.optional_string("serviceAccountName"),
+        priority_class_name=r.optional_string("priorityClassName"),
+        host_network=r.optional_boolean("hostNetwork"),
+        volumes=tuple(_named(v, "name") for v in r.objects("volumes")),
+        volume_mounts=tuple(_named(v, "name", "mountPath") for v in r.objects("volumeMounts")),
+    )
+
+
+def _named(r: _Reader, *required: str) -> Mapping[str, Json]:
+    for key in required:
+        r.string(key, required=True, min_length=1)
+    return r.raw
+
+
+def _required_int(value: int | None) -> int:
+    assert value is not None  # a default was given
+    return value
+
+
+def _first(value: _T | None, fallback: _T | None) -> _T | None:
+    return value if value is not None else fallback
+
+
+def _merge_named(
+    base: Sequence[Mapping[str, Json]], top: Sequence[Mapping[str, Json]]
+) -> tuple[Mapping[str, Json], ...]:
+    """Lists keyed by ``name`` (env, volumes): ``top`` replaces ``base`` items of the same name."""
+    names = {item["name"] for item in top}
+    return tuple(item for item in base if item["name"] not in names) + tuple(top)
+
+
+class _Reader:
+    """Reads typed fields out of one JSON object, naming ``path.field`` in every error."""
+
+    def __init__(self, raw: Json, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise SpecError(path, f"must be an object, not {_kind(raw)}")
+        self.raw: Mapping[str, Json] = raw
+        self.path = path
+
+    def _get(self, key: str, required: bool) -> Json:
+        value = self.raw.get(key)
+        if value is None and required:
+            raise SpecError(f"{self.path}.{key}", "is required")
+        return value
+
+    def string(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        default: str = "",
+        min_length: int = 0,
+        max_length: int | None = None,
+        pattern: re.Pattern[str] | None = None,
+    ) -> str:
+        value = self._get(key, required)
+        if value is None:
+            return default
+        where = f"{self.path}.{key}"
+        if not isinstance(value, str):
+            raise SpecError(where, f"must be a string, not {_kind(value)}")
+        if len(value) < min_length:
+            raise SpecError(where, "must not be empty")
+        if max_length is not None and len(value) > max_length:
+            raise SpecError(where, f"must be at most {max_length} characters")
+        if pattern is not None and not pattern.match(value):
+            raise SpecError(where, f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) if self.raw.get(key) is not None else None
+
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str:
+        value = self.string(key, default=default)
+        if value not in allowed:
+            raise SpecError(f"{self.path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def integer(
+        self,
+        key: str,
+        *,
+        default: int | None = None,
+        low: int | None = None,
+        high: int | None = None,
+    ) -> int | None:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        where = f"{self.path}.{key}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(where, f"must be an integer, not {_kind(value)}")
+        if low is not None and value < low:
+            raise SpecError(where, f"must be ≥ {low} (got {value})")
+        if high is not None and value > high:
+            raise SpecError(where, f"must be ≤ {high} (got {value})")
+        return value
+
+    def integers(
+        self, key: str, *, default: tuple[int, ...], low: int, high: int
+    ) -> tuple[int, ...]:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        items = self._list(key, value)
+        for index, item in enumerate(items):
+            where = f"{self.path}.{key}[{index}]"
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise SpecError(where, f"must be an integer, not {_kind(item)}")
+            if not low <= item <= high:
+                raise SpecError(where, f"must be between {low} and {high} (got {item})")
+        return tuple(items)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self.optional_boolean(key)
+        return default if value is None else value
+
+    def optional_boolean(self, key: str) -> bool | None:
+        value = self._get(key, required=False)
+        if value is not None and not isinstance(value, bool):
+            raise SpecError(f"{self.path}.{key}", f"must be true or false, not {_kind(value)}")
+        return value
+
+    def strings(self, key: str, *, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        items = self._list(key, value)
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                raise SpecError(
+                    f"{self.path}.{key}[{index}]", f"must be a string, not {_kind(item)}"
+                )
+        return tuple(items)
+
+    def string_map(self, key: str) -> Mapping[str, str]:
+        value = self.object(key).raw
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise SpecError(f"{self.path}.{key}.{name}", f"must be a string, not {_kind(item)}")
+        return dict(value)
+
+    def object(self, key: str, *, required: bool = False) -> _Reader:
+        return _Reader(self._get(key, required), f"{self.path}.{key}")
+
+    def objects(self, key: str, *, required: bool = False) -> list[_Reader]:
+        value = self._get(key, required)
+        if value is None:
+            return []
+        items = self._list(key, value)
+        return [_Reader(item, f"{self.path}.{key}[{index}]") for index, item in enumerate(items)]
+
+    def _list(self, key: str, value: Json) -> list[Json]:
+        if not isinstance(value, list):
+            raise SpecError(f"{self.path}.{key}", f"must be a list, not {_kind(value)}")
+        return value
+
+
+def _kind(value: Json) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

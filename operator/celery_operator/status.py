@@ -1,0 +1,291 @@
+"""The CeleryCluster's status, computed from what was observed (pure; time passed in).
+
+Status is written in one place, by the reconcile, from this module's output; Events are emitted
+for the condition transitions it reports, and only for those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+AVAILABLE: Final = "Available"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+BROKER_REACHABLE: Final = "BrokerReachable"
+CONDITION_TYPES: Final = (AVAILABLE, PROGRESSING, DEGRADED, BROKER_REACHABLE)
+
+
+class Reason:
+    """Condition reasons: CamelCase words that ``kubectl describe`` and alerts can match on."""
+
+    ALL_READY: Final = "AllReady"
+    WORKERS_UNAVAILABLE: Final = "WorkersUnavailable"
+    BEAT_UNAVAILABLE: Final = "BeatUnavailable"
+    ROLLING_OUT: Final = "RollingOut"
+    RECONCILED: Final = "Reconciled"
+    INVALID_SPEC: Final = "InvalidSpec"
+    BROKER_SECRET_MISSING: Final = "BrokerSecretMissing"
+    NAME_CONFLICT: Final = "NameConflict"
+    APPLY_FAILED: Final = "ApplyFailed"
+    ROLLOUT_STALLED: Final = "RolloutStalled"
+    AS_EXPECTED: Final = "AsExpected"
+    BROKER_OK: Final = "BrokerReadable"
+    BROKER_UNREACHABLE: Final = "BrokerUnreachable"
+    BROKER_UNKNOWN: Final = "BrokerNotRead"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec cannot be carried out as written: it makes the cluster Degraded."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    name: str
+    queues: tuple[str, ...]
+    desired: int
+    replicas: int = 0
+    ready: int = 0
+    available: int = 0
+    updated: int = 0
+    rolled_out: bool = False
+    """The Deployment controller has seen the latest spec and every replica is updated."""
+    stalled: bool = False
+    """The Deployment reports ``ProgressDeadlineExceeded``."""
+    backlog: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile saw, as plain values."""
+
+    generation: int
+    pools: tuple[PoolObservation, ...] = ()
+    beat_enabled: bool = True
+    beat_ready: bool = False
+    beat_rolled_out: bool = False
+    problems: tuple[Problem, ...] = ()
+    queue_backlog: Mapping[str, int] | None = None
+    """Messages waiting per queue, every priority list counted; None when not read."""
+    broker_error: str | None = None
+    """Why the broker could not be read; None when it was read or not tried."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason this time: each becomes one Event."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    warning: bool
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: dict[str, Any]
+    transitions: list[Transition] = field(default_factory=list)
+
+
+def observe_pool(
+    pool_name: str,
+    queues: Sequence[str],
+    desired: int,
+    live: Mapping[str, Any] | None,
+    queue_backlog: Mapping[str, int] | None,
+) -> PoolObservation:
+    """Read a worker Deployment's status into a PoolObservation."""
+    backlog = None if queue_backlog is None else sum(queue_backlog.get(q, 0) for q in queues)
+    if live is None:
+        return PoolObservation(pool_name, tuple(queues), desired, backlog=backlog)
+    status = live.get("status") or {}
+    generation = live.get("metadata", {}).get("generation", 0)
+    replicas = status.get("replicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    rolled_out = (
+        status.get("observedGeneration", 0) >= generation
+        and updated >= desired
+        and replicas <= desired
+    )
+    stalled = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in status.get("conditions") or []
+    )
+    return PoolObservation(
+        name=pool_name,
+        queues=tuple(queues),
+        desired=desired,
+        replicas=replicas,
+        ready=status.get("readyReplicas", 0),
+        available=status.get("availableReplicas", 0),
+        updated=updated,
+        rolled_out=rolled_out,
+        stalled=stalled,
+        backlog=backlog,
+    )
+
+
+def observe_beat(live: Mapping[str, Any] | None) -> tuple[bool, bool]:
+    """(ready, rolled out) of the beat StatefulSet."""
+    if live is None:
+        return False, False
+    status = live.get("status") or {}
+    generation = live.get("metadata", {}).get("generation", 0)
+    ready = status.get("readyReplicas", 0) >= 1
+    rolled_out = (
+        status.get("observedGeneration", 0) >= generation
+        and status.get("currentRevision") == status.get("updateRevision")
+        and status.get("updatedReplicas", 0) >= 1
+    )
+    return ready, rolled_out
+
+
+def compute(
+    seen: Observation,
+    previous: Mapping[str, Any],
+    now: datetime,
+) -> StatusUpdate:
+    """The status to write and the condition transitions since ``previous`` (the live status)."""
+    conditions = _conditions(seen)
+    old = {c.get("type"): c for c in previous.get("conditions") or []}
+    stamped: list[dict[str, Any]] = []
+    transitions: list[Transition] = []
+    for type_, state, reason, message in conditions:
+        before = old.get(type_)
+        changed = before is None or before.get("status") != state
+        stamped.append(
+            {
+                "type": type_,
+                "status": state,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": seen.generation,
+                "lastTransitionTime": (
+                    _timestamp(now)
+                    if changed or before is None
+                    else before.get("lastTransitionTime", _timestamp(now))
+                ),
+            }
+        )
+        if changed or before is None or before.get("reason") != reason:
+            if before is None and state == "False" and type_ != AVAILABLE:
+                continue  # nothing happened worth telling: a new cluster is not degraded
+            transitions.append(
+                Transition(type_, state, reason, message, warning=_is_bad(type_, state))
+            )
+
+    desired = sum(p.desired for p in seen.pools)
+    ready = sum(p.ready for p in seen.pools)
+    status: dict[str, Any] = {
+        "observedGeneration": seen.generation,
+        "phase": _phase(conditions),
+        "workers": f"{ready}/{desired}",
+        "workersReady": ready,
+        "workersDesired": desired,
+        "beat": "Disabled"
+        if not seen.beat_enabled
+        else ("Ready" if seen.beat_ready else "NotReady"),
+        "pools": [_pool_status(p) for p in seen.pools],
+        "conditions": stamped,
+    }
+    if seen.queue_backlog is not None:
+        # Over distinct queues: two pools consuming one queue must not count it twice.
+        status["backlog"] = sum(seen.queue_backlog.values())
+    elif "backlog" in previous:
+        status["backlog"] = previous["backlog"]  # keep the last reading rather than show 0
+    return StatusUpdate(status=status, transitions=transitions)
+
+
+def _pool_status(p: PoolObservation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": p.name,
+        "queues": list(p.queues),
+        "desiredReplicas": p.desired,
+        "replicas": p.replicas,
+        "readyReplicas": p.ready,
+        "availableReplicas": p.available,
+        "updatedReplicas": p.updated,
+    }
+    if p.backlog is not None:
+        out["backlog"] = p.backlog
+    return out
+
+
+def _conditions(seen: Observation) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) for each condition, in a fixed order."""
+    unavailable = [p.name for p in seen.pools if p.available < p.desired]
+    rolling = [p.name for p in seen.pools if not p.rolled_out]
+    if seen.beat_enabled and not seen.beat_rolled_out:
+        rolling.append("beat")
+    stalled = [p.name for p in seen.pools if p.stalled]
+
+    if unavailable:
+        available = (
+            "False",
+            Reason.WORKERS_UNAVAILABLE,
+            f"worker pools below their desired replicas: {', '.join(unavailable)}",
+        )
+    elif seen.beat_enabled and not seen.beat_ready:
+        available = ("False", Reason.BEAT_UNAVAILABLE, "beat is not ready")
+    else:
+        available = ("True", Reason.ALL_READY, "every worker pool and beat is ready")
+
+    if seen.problems:
+        progressing = ("False", seen.problems[0].reason, "spec not applied: see Degraded")
+    elif rolling:
+        progressing = ("True", Reason.ROLLING_OUT, f"rolling out: {', '.join(rolling)}")
+    else:
+        progressing = ("False", Reason.RECONCILED, "every child matches the spec")
+
+    if seen.problems:
+        first = seen.problems[0]
+        more = f" (and {len(seen.problems) - 1} more)" if len(seen.problems) > 1 else ""
+        degraded = ("True", first.reason, first.message + more)
+    elif stalled:
+        degraded = (
+            "True",
+            Reason.ROLLOUT_STALLED,
+            f"rollout exceeded its progress deadline: {', '.join(stalled)}",
+        )
+    else:
+        degraded = ("False", Reason.AS_EXPECTED, "no problem found")
+
+    if seen.broker_error is not None:
+        broker = ("False", Reason.BROKER_UNREACHABLE, seen.broker_error)
+    elif seen.queue_backlog is not None:
+        broker = ("True", Reason.BROKER_OK, "queue lengths read from the broker")
+    else:
+        broker = ("Unknown", Reason.BROKER_UNKNOWN, "the broker was not read")
+
+    return [
+        (AVAILABLE, *available),
+        (PROGRESSING, *progressing),
+        (DEGRADED, *degraded),
+        (BROKER_REACHABLE, *broker),
+    ]
+
+
+def _phase(conditions: list[tuple[str, str, str, str]]) -> str:
+    by_type = {c[0]: c[1] for c in conditions}
+    if by_type[DEGRADED] == "True":
+        return DEGRADED
+    if by_type[AVAILABLE] == "True" and by_type[PROGRESSING] != "True":
+        return AVAILABLE
+    return PROGRESSING
+
+
+def _is_bad(type_: str, status: str) -> bool:
+    return (type_ == DEGRADED and status == "True") or (
+        type_ in (AVAILABLE, BROKER_REACHABLE) and status == "False"
+    )
+
+
+def _timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
