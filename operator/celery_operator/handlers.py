@@ -1,0 +1,93 @@
+"""Kopf wiring: thin handlers that feed the per-cluster reconcile loops (the composition root).
+
+Only watch-event handlers are used: Kopf then stores nothing on the resources (no progress
+annotations, no finalizers), so deleting a CeleryCluster never waits for the operator, and the
+garbage collector removes its children through their owner references.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+import redis
+
+from celery_operator import GROUP, PLURAL, VERSION, broker, naming
+from celery_operator.kube import Kube, load_api_client
+from celery_operator.loops import ClusterLoops
+from celery_operator.queues import KeyScheme
+from celery_operator.reconciler import BacklogReader, Reconciler
+from celery_operator.settings import Settings, from_env
+
+log = logging.getLogger(__name__)
+
+CHILD_LABELS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
+
+
+def backlog_reader(timeout: float) -> BacklogReader:
+    """Reads queue lengths with one Redis client per broker URL, kept between reconciles."""
+    clients: dict[str, redis.Redis[bytes]] = {}
+
+    def read(url: str, queues: Sequence[str], scheme: KeyScheme) -> Mapping[str, int]:
+        client = clients.get(url)
+        if client is None:
+            client = clients[url] = broker.connect(url, timeout=timeout)
+        return broker.read_backlog(client, queues, scheme)
+
+    return read
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: Settings = memo.get("settings") or from_env()
+    settings.posting.enabled = False  # Events are posted by the reconcile, on transitions only
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
+    kube = Kube(load_api_client(), timeout=config.api_timeout_seconds)
+    reconciler = Reconciler(kube, backlog_reader(config.broker_timeout_seconds))
+    memo["kube"] = kube
+    memo["loops"] = ClusterLoops(
+        reconciler.reconcile,
+        interval=config.reconcile_interval_seconds,
+        debounce=config.event_debounce_seconds,
+    )
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    loops: ClusterLoops = memo["loops"]
+    await loops.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def cluster_changed(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    assert namespace is not None  # CeleryCluster is namespaced
+    loops: ClusterLoops = memo["loops"]
+    if type == "DELETED":
+        loops.forget((namespace, name))
+    else:
+        loops.poke((namespace, name), create=True)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_LABELS)
+async def child_changed(
+    labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any
+) -> None:
+    """A child changed (a rollout progressed, or someone edited it): reconcile its cluster."""
+    cluster = labels.get(naming.INSTANCE_LABEL)
+    if cluster and namespace:
+        loops: ClusterLoops = memo["loops"]
+        loops.poke((namespace, cluster), create=False)
+
+
+@kopf.on.probe(id="reconciles")
+def reconcile_stats(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    loops: ClusterLoops = memo["loops"]
+    return {
+        "reconciles": loops.stats.reconciles,
+        "failures": loops.stats.failures,
+        "writes": loops.stats.writes,
+    }

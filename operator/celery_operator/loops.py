@@ -1,0 +1,107 @@
+"""One reconcile loop per CeleryCluster: serial for each cluster, concurrent across clusters.
+
+A loop reconciles at once when woken (the cluster or one of its children changed), and every
+``interval`` seconds otherwise. Waking a loop that is busy makes it run once more afterwards,
+never twice at the same time, so reconciles of one cluster never race each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from celery_operator.reconciler import Outcome
+
+log = logging.getLogger(__name__)
+
+ClusterKey = tuple[str, str]
+"""(namespace, name)"""
+
+ReconcileFn = Callable[[str, str], Outcome]
+"""A blocking reconcile of (namespace, name); run in a worker thread."""
+
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclass
+class _Loop:
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Stats:
+    reconciles: int = 0
+    failures: int = 0
+    writes: int = 0
+
+
+class ClusterLoops:
+    def __init__(self, reconcile: ReconcileFn, interval: float, debounce: float) -> None:
+        self._reconcile = reconcile
+        self._interval = interval
+        self._debounce = debounce
+        self._loops: dict[ClusterKey, _Loop] = {}
+        self.stats = Stats()
+
+    def poke(self, key: ClusterKey, *, create: bool) -> None:
+        """Wake the loop of ``key``; start one if ``create`` (the cluster itself was seen)."""
+        loop = self._loops.get(key)
+        if loop is None:
+            if not create:
+                return
+            loop = self._loops[key] = _Loop()
+            loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key}")
+        loop.wake.set()
+
+    def forget(self, key: ClusterKey) -> None:
+        loop = self._loops.pop(key, None)
+        if loop is not None and loop.task is not None:
+            loop.task.cancel()
+
+    def __contains__(self, key: ClusterKey) -> bool:
+        return key in self._loops
+
+    async def stop(self) -> None:
+        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        self._loops.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, key: ClusterKey, loop: _Loop) -> None:
+        namespace, name = key
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(self._debounce)
+            loop.wake.clear()
+            delay = self._interval
+            try:
+                outcome = await asyncio.to_thread(self._reconcile, namespace, name)
+            except Exception:
+                self.stats.failures += 1
+                log.exception(
+                    "reconcile of %s/%s failed; retrying in %.0fs", namespace, name, backoff
+                )
+                delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_SECONDS)
+            else:
+                backoff = 1.0
+                self.stats.reconciles += 1
+                self.stats.writes += outcome.writes
+                if not outcome.found:
+                    if self._loops.get(key) is loop:
+                        del self._loops[key]
+                    return
+                if outcome.writes:
+                    log.info(
+                        "reconciled %s/%s: %d writes, phase %s",
+                        namespace,
+                        name,
+                        outcome.writes,
+                        outcome.phase,
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(loop.wake.wait(), timeout=delay)

@@ -1,0 +1,70 @@
+"""Operator settings: each field says its unit, default and why; flags and env set them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Final
+
+ENV_PREFIX: Final = "CELERY_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means every namespace (cluster-wide). Env: NAMESPACES,
+    comma-separated."""
+
+    reconcile_interval_seconds: float = 15.0
+    """Seconds between two reconciles of an unchanged cluster. Changes to the CeleryCluster or
+    its children wake the reconcile at once; the interval repairs what no event reports and
+    refreshes the broker backlog in status. Env: RECONCILE_INTERVAL_SECONDS."""
+
+    event_debounce_seconds: float = 0.2
+    """Seconds to wait after a wake-up so that a burst of watch events (a rollout touches a
+    Deployment many times) costs one reconcile. Env: EVENT_DEBOUNCE_SECONDS."""
+
+    api_timeout_seconds: float = 10.0
+    """Timeout of one Kubernetes API request. Env: API_TIMEOUT_SECONDS."""
+
+    broker_timeout_seconds: float = 2.0
+    """Connect and read timeout for the broker when reading queue lengths: a broker that does
+    not answer within it is reported unreachable, and reconciling goes on. Env:
+    BROKER_TIMEOUT_SECONDS."""
+
+    liveness_port: int = 8080
+    """Port of the operator's own liveness endpoint (``/healthz``); 0 turns it off. Env:
+    LIVENESS_PORT."""
+
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line, for log pipelines). Env: LOG_FORMAT."""
+
+    verbose: bool = False
+    """Debug logging. Env: VERBOSE=1."""
+
+    watch_server_timeout_seconds: int = 300
+    """Ask the API server to end each watch after this long, so a silently stalled watch is
+    renewed (a known Kopf issue on some clusters)."""
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from ``CELERY_OPERATOR_*`` variables, defaults where unset."""
+    values: dict[str, object] = {}
+    for item in fields(Settings):
+        raw = environ.get(ENV_PREFIX + item.name.upper())
+        if raw is None:
+            continue
+        if item.name == "namespaces":
+            values[item.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
+        elif item.type == "float":
+            values[item.name] = float(raw)
+        elif item.type == "int":
+            values[item.name] = int(raw)
+        elif item.type == "bool":
+            values[item.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            values[item.name] = raw
+    if values.get("log_format", "text") not in ("text", "json"):
+        raise ValueError(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery_operator import builders, naming
+from celery_operator.spec import parse_cluster
+from tests.unit.samples import OWNER, full_spec, minimal_spec, with_changes
+
+
+def _children(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    objs = builders.desired_children(OWNER, parse_cluster(OWNER.name, spec))
+    return {o["metadata"]["name"]: o for o in objs}
+
+
+def _container(obj: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = obj["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _env(obj: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in _container(obj)["env"]}
+
+
+def test_one_deployment_per_pool_and_one_beat_statefulset() -> None:
+    children = _children(full_spec())
+    assert {(o["kind"], name) for name, o in children.items()} == {
+        ("Deployment", "demo-worker-default"),
+        ("Deployment", "demo-worker-reports"),
+        ("StatefulSet", "demo-beat"),
+    }
+
+
+def test_beat_disabled_builds_no_statefulset() -> None:
+    children = _children(with_changes(minimal_spec(), "beat", {"enabled": False}))
+    assert list(children) == ["demo-worker-default"]
+
+
+def test_worker_command_line() -> None:
+    worker = _children(full_spec())["demo-worker-default"]
+    container = _container(worker)
+    assert container["command"] == ["celery"]
+    assert container["args"] == [
+        "-A", "proj.celery:app", "worker",
+        "--hostname", "default@$(POD_NAME)",
+        "--queues", "celery,emails",
+        "--concurrency", "8", "--pool", "prefork", "--loglevel", "INFO",
+        "--max-tasks-per-child", "100",
+        "--soft-time-limit", "50", "--time-limit", "60",
+        "--without-gossip",
+    ]  # fmt: skip
+
+
+def test_beat_command_line_has_no_pidfile_and_the_scheduler() -> None:
+    args = _container(_children(full_spec())["demo-beat"])["args"]
+    assert args[:3] == ["-A", "proj.celery:app", "beat"]
+    assert "--pidfile=" in args
+    assert args[args.index("--scheduler") + 1] == "redbeat.RedBeatScheduler"
+    assert args[args.index("--schedule") + 1].startswith(builders.BEAT_SCHEDULE_DIR)
+
+
+def test_beat_is_a_single_replica_statefulset_with_its_schedule_volume() -> None:
+    beat = _children(minimal_spec())["demo-beat"]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["podManagementPolicy"] == "OrderedReady"
+    volumes = beat["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [{"name": builders.BEAT_SCHEDULE_VOLUME, "emptyDir": {}}]
+    assert "volumeClaimTemplates" not in beat["spec"]
+
+
+def test_beat_persistent_volume_claim() -> None:
+    spec = with_changes(
+        minimal_spec(), "beat", {"persistence": {"type": "persistentVolumeClaim", "size": "1Gi"}}
+    )
+    beat = _children(spec)["demo-beat"]
+    claims = beat["spec"]["volumeClaimTemplates"]
+    assert claims[0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "volumes" not in beat["spec"]["template"]["spec"]
+
+
+def test_broker_url_comes_from_the_secret_and_transport_options_as_json() -> None:
+    env = _env(_children(full_spec())["demo-worker-default"])
+    assert env["CELERY_BROKER_URL"] == {"secretKeyRef": {"name": "broker", "key": "url"}}
+    assert json.loads(env["CELERY_BROKER_TRANSPORT_OPTIONS"]) == {
+        "global_keyprefix": "prod:",
+        "priority_steps": [0, 5],
+        "sep": ":",
+    }
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_pool_env_wins_over_cluster_env_without_duplicates() -> None:
+    worker = _children(full_spec())["demo-worker-default"]
+    names = [e["name"] for e in _container(worker)["env"]]
+    assert len(names) == len(set(names))
+    assert _env(worker)["LEVEL"] == "pool"
+    assert _env(worker)["SHARED"] == "1"
+
+
+def test_labels_owner_and_selector() -> None:
+    worker = _children(full_spec())["demo-worker-default"]
+    meta = worker["metadata"]
+    assert meta["ownerReferences"] == [OWNER.reference()]
+    assert meta["labels"][naming.MANAGED_BY_LABEL] == "celery-operator"
+    selector = worker["spec"]["selector"]["matchLabels"]
+    assert selector == naming.worker_selector("demo", "default")
+    pod_labels = worker["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert pod_labels["team"] == "data"
+    assert pod_labels["tier"] == "batch"
+
+
+def test_user_labels_cannot_break_the_selector() -> None:
+    spec = with_changes(
+        minimal_spec(), "workers.0.podTemplate", {"labels": {naming.POOL_LABEL: "other"}}
+    )
+    worker = _children(spec)["demo-worker-default"]
+    assert worker["spec"]["template"]["metadata"]["labels"][naming.POOL_LABEL] == "default"
+
+
+def test_host_network_sets_the_dns_policy_that_keeps_cluster_dns() -> None:
+    pod = _children(full_spec())["demo-worker-reports"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    plain = _children(minimal_spec())["demo-worker-default"]["spec"]["template"]["spec"]
+    assert "hostNetwork" not in plain
+    assert "dnsPolicy" not in plain
+
+
+def test_warm_shutdown_window_and_no_unavailable_workers_during_rollout() -> None:
+    worker = _children(minimal_spec())["demo-worker-default"]
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_built_objects_have_no_empty_values_and_a_stable_hash() -> None:
+    first = _children(full_spec())
+    second = _children(full_spec())
+    assert first == second
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key != "emptyDir":
+                    assert item not in (None, {}, []), f"{path}.{key} is empty"
+                walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+
+    for name, obj in first.items():
+        walk(obj, name)
+        assert obj["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] == builders.spec_hash(
+            obj
+        )
+
+
+def test_any_spec_change_changes_the_hash_of_the_affected_child_only() -> None:
+    before = _children(full_spec())
+    after = _children(with_changes(full_spec(), "workers.1.concurrency", 2))
+    hashes = {
+        n: o["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] for n, o in before.items()
+    }
+    changed = {
+        n
+        for n, o in after.items()
+        if o["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] != hashes[n]
+    }
+    assert changed == {"demo-worker-reports"}

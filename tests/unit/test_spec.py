@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from celery_operator.queues import KeyScheme
+from celery_operator.spec import SpecError, parse_cluster
+from tests.unit.samples import full_spec, minimal_spec, with_changes
+
+
+def test_minimal_spec_gets_the_documented_defaults() -> None:
+    spec = parse_cluster("demo", minimal_spec())
+    pool = spec.workers[0]
+    assert (pool.queues, pool.replicas, pool.concurrency, pool.pool) == (
+        ("celery",),
+        1,
+        2,
+        "prefork",
+    )
+    assert pool.termination_grace_period_seconds == 60
+    assert spec.image_pull_policy == "IfNotPresent"
+    assert spec.broker.secret_key == "url"
+    assert spec.broker.keys == KeyScheme()
+    assert spec.beat.enabled
+    assert spec.beat.persistence == "emptyDir"
+
+
+def test_full_spec_keeps_every_field() -> None:
+    spec = parse_cluster("demo", full_spec())
+    default, reports = spec.workers
+    assert default.queues == ("celery", "emails")
+    assert (default.soft_time_limit_seconds, default.time_limit_seconds) == (50, 60)
+    assert default.placement.extra_args == ("--without-gossip",)
+    assert reports.pool == "solo"
+    assert spec.broker.keys == KeyScheme("prod:", (0, 5), ":")
+    assert spec.pod.host_network is True
+    assert spec.beat.scheduler == "redbeat.RedBeatScheduler"
+    assert spec.pool("reports") is reports
+
+
+INVALID: list[tuple[str, str, Any, str]] = [
+    # (case, dotted path to change, new value, expected field path in the error)
+    ("no image", "image", None, "spec.image"),
+    ("empty image", "image", "", "spec.image"),
+    ("app not a module path", "app", "proj celery", "spec.app"),
+    ("no broker", "broker", None, "spec.broker"),
+    ("no secret name", "broker.urlSecretRef", {}, "spec.broker.urlSecretRef.name"),
+    (
+        "priority step too big",
+        "broker.transportOptions.prioritySteps",
+        [0, 300],
+        "spec.broker.transportOptions.prioritySteps[1]",
+    ),
+    ("no workers", "workers", [], "spec.workers"),
+    ("workers not a list", "workers", {"name": "x"}, "spec.workers"),
+    ("pool name with capitals", "workers.0.name", "Default", "spec.workers[0].name"),
+    ("negative replicas", "workers.0.replicas", -1, "spec.workers[0].replicas"),
+    ("zero concurrency", "workers.0.concurrency", 0, "spec.workers[0].concurrency"),
+    ("concurrency as string", "workers.0.concurrency", "4", "spec.workers[0].concurrency"),
+    ("unknown pool type", "workers.0.pool", "processes", "spec.workers[0].pool"),
+    ("queue with comma", "workers.0.queues", ["a,b"], "spec.workers[0].queues[0]"),
+    ("empty queue list", "workers.0.queues", [], "spec.workers[0].queues"),
+    (
+        "soft limit not below hard",
+        "workers.0.softTimeLimitSeconds",
+        60,
+        "spec.workers[0].softTimeLimitSeconds",
+    ),
+    ("env without name", "workers.0.env", [{"value": "x"}], "spec.workers[0].env[0].name"),
+    ("bad pull policy", "imagePullPolicy", "Sometimes", "spec.imagePullPolicy"),
+    ("hostNetwork not a bool", "podTemplate.hostNetwork", "yes", "spec.podTemplate.hostNetwork"),
+    ("unknown persistence", "beat.persistence.type", "hostPath", "spec.beat.persistence.type"),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "value", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_specs_name_the_field(case: str, path: str, value: Any, field: str) -> None:
+    del case
+    with pytest.raises(SpecError) as raised:
+        parse_cluster("demo", with_changes(full_spec(), path, value))
+    assert raised.value.path == field
+    assert str(raised.value).startswith(f"{field}: ")
+
+
+def test_duplicate_pool_names_point_at_the_second() -> None:
+    spec = full_spec()
+    spec["workers"][1]["name"] = "default"
+    with pytest.raises(
+        SpecError, match=r"duplicate pool name 'default' \(also spec.workers\[0\]\)"
+    ):
+        parse_cluster("demo", spec)
+
+
+def test_names_too_long_for_labels_are_rejected_with_the_resulting_name() -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_cluster("c" * 40, with_changes(minimal_spec(), "workers.0.name", "p" * 20))
+    assert raised.value.path == "spec.workers[0].name"
+    assert "would be 68 characters" in raised.value.message
