@@ -127,6 +127,8 @@ def plan(
         if have is None:
             actions.append(Action("create", kind, name, "missing", want))
             continue
+        if have["metadata"].get("deletionTimestamp"):
+            continue  # being replaced: create it anew once the old one (and its pods) are gone
         want_hash = want["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION]
         have_hash = (have["metadata"].get("annotations") or {}).get(naming.SPEC_HASH_ANNOTATION)
         if want_hash != have_hash:
@@ -136,7 +138,7 @@ def plan(
         if drifted is not None:
             actions.append(Action("update", kind, name, f"drift at {drifted.lstrip('.')}", want))
     for (kind, name), have in live_by_key.items():
-        if is_controlled_by(have, owner_uid):
+        if is_controlled_by(have, owner_uid) and not have["metadata"].get("deletionTimestamp"):
             actions.append(Action("delete", kind, name, "no longer in spec"))
     return actions
 

@@ -175,8 +175,8 @@ def compute(
             }
         )
         if changed or before is None or before.get("reason") != reason:
-            if before is None and state == "False" and type_ != AVAILABLE:
-                continue  # nothing happened worth telling: a new cluster is not degraded
+            if before is None and state != "True" and type_ != AVAILABLE:
+                continue  # nothing worth telling: a new cluster is neither degraded nor unknown
             transitions.append(
                 Transition(type_, state, reason, message, warning=_is_bad(type_, state))
             )

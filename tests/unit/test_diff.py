@@ -143,3 +143,12 @@ def test_first_difference(desired: Any, live: Any, differs: bool) -> None:
 )
 def test_parse_quantity(text: Any, value: Decimal | None) -> None:
     assert parse_quantity(text) == value
+
+
+def test_child_being_deleted_is_waited_for_not_written() -> None:
+    desired = _desired()
+    live = [_as_served(o) for o in desired]
+    live[2]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    live[2]["spec"]["replicas"] = 5
+    assert plan(desired, live, OWNER.uid) == []
+    assert plan(desired[:2], live, OWNER.uid) == []
