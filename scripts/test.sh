@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: lint, strict typing, then every tier in one pytest run
+# (unit, integration against real Redis and Celery, e2e against a real Kubernetes cluster,
+# started here when KUBECONFIG is not set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy (strict)" && .venv/bin/mypy
+echo "== pytest: unit, integration, e2e"
+exec .venv/bin/python -m pytest tests/unit tests/integration tests/e2e "$@"

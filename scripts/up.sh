@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The main job: a local Kubernetes cluster (or the one KUBECONFIG names), the CRD, the operator
+# (as a process on this machine) and the sample CeleryCluster with its Redis; then one task
+# round-trips through the workers. Re-running it is safe and quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+state=${CELERY_OPERATOR_CACHE:-$HOME/.cache/celery-operator}/demo
+mkdir -p "$state"
+
+if [ -z "${KUBECONFIG:-}" ]; then
+  line=$(cluster/up.sh | tail -n 1)
+  export "${line?}"
+fi
+echo "using KUBECONFIG=$KUBECONFIG"
+sample=examples/local
+if ! kubectl get nodes -l celeryoperator.dev/local-cluster=true -o name | grep -q .; then
+  sample=examples/kind  # a cluster with a pod network (kind): no host networking
+fi
+
+kubectl apply -f crds/celeryoperator.dev_celeryclusters.yaml
+kubectl wait --for condition=Established --timeout=60s crd/celeryclusters.celeryoperator.dev
+
+pidfile=$state/operator.pid
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "operator already running (pid $(cat "$pidfile"))"
+else
+  setsid .venv/bin/python -m celery_operator --namespace celery-demo --liveness-port 8089 \
+    >"$state/operator.log" 2>&1 < /dev/null &
+  echo $! >"$pidfile"
+  echo "operator started (pid $!), log: $state/operator.log"
+fi
+
+kubectl apply -k "$sample"
+echo "waiting for the sample CeleryCluster to become Available…"
+kubectl -n celery-demo wait --for=jsonpath='{.status.phase}'=Available --timeout=300s celerycluster/demo
+kubectl -n celery-demo get celeryclusters,deployments,statefulsets,pods
+
+if [ "$sample" = examples/local ]; then
+  .venv/bin/python examples/submit.py --broker redis://127.0.0.1:6390/0 add 20 22
+fi
+cat <<MSG
+
+The sample runs. Next:
+  export KUBECONFIG=$KUBECONFIG
+  kubectl -n celery-demo get celeryclusters            # workers, beat, backlog, status
+  .venv/bin/python examples/submit.py --broker redis://127.0.0.1:6390/0 --count 20 sleep 2
+  kubectl -n celery-demo logs -f deploy/demo-worker-default   # watch them run
+  tail -f $state/operator.log                          # the operator
+  make down                                            # stop the operator and the cluster
+MSG

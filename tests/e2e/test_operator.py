@@ -1,0 +1,455 @@
+"""The operator end to end: a real API server, real controllers, a real kubelet, real Celery.
+
+The operator runs in this process through ``kopf.testing.KopfRunner`` (cluster-wide), each test
+in a namespace of its own. Nothing waits by sleeping: every check polls a condition.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import socket
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from celery import Celery
+from kopf.testing import KopfRunner
+from kubernetes import client
+from tests.e2e.kube import wait_for
+
+from celery_operator import GROUP, PLURAL, VERSION, naming
+from celery_operator.handlers import backlog_reader
+from celery_operator.kube import Kube
+from celery_operator.reconciler import Reconciler
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "celeryoperator.dev_celeryclusters.yaml"
+TASKS = "celery_demo.tasks"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def crd(api_client: client.ApiClient) -> None:
+    """Install (or update) the project's CRD and wait until it is served."""
+    body = yaml.safe_load(CRD.read_text())
+    ext = client.ApiextensionsV1Api(api_client)
+    try:
+        ext.create_custom_resource_definition(body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        live = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = live.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def established() -> bool:
+        got = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    wait_for(established, timeout=30, message="CRD not established")
+
+
+@pytest.fixture(scope="module")
+def liveness_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def operator(crd: None, kubeconfig: str, liveness_port: int) -> Iterator[KopfRunner]:
+    """The real operator, in this process, watching every namespace."""
+    os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
+    args = [
+        "run", "--all-namespaces", "--standalone", "--verbose",
+        f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
+        "-m", "celery_operator.handlers",
+    ]  # fmt: skip
+    with KopfRunner(args, timeout=60) as runner:
+        wait_for(lambda: _healthy(liveness_port), timeout=60, message="operator not live")
+        yield runner
+    assert runner.exception is None, runner.exception
+    assert "Traceback" not in runner.output, runner.output[-5000:]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class Clusters:
+    """CeleryCluster objects in one test namespace, through the real API."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CeleryCluster",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
+        created: dict[str, Any] = self.api.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body
+        )
+        return created
+
+    def get(self, name: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return got
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        for cond in self.get(name).get("status", {}).get("conditions", []):
+            if cond["type"] == type_:
+                found: dict[str, Any] = cond
+                return found
+        return {}
+
+    def phase(self, name: str) -> str:
+        return str(self.get(name).get("status", {}).get("phase", ""))
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 180) -> None:
+        wait_for(
+            lambda: self.phase(name) == phase,
+            timeout=timeout,
+            message=lambda: f"{name} not {phase}: {self.get(name).get('status')}",
+        )
+
+    def deployments(self) -> dict[str, Any]:
+        items = self.apps.list_namespaced_deployment(self.namespace).items
+        return {d.metadata.name: d for d in items}
+
+    def statefulsets(self) -> dict[str, Any]:
+        items = self.apps.list_namespaced_stateful_set(self.namespace).items
+        return {s.metadata.name: s for s in items}
+
+    def pods(self, selector: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def put_secret(self, name: str, data: dict[str, str]) -> None:
+        self.core.create_namespaced_secret(
+            self.namespace,
+            {
+                "metadata": {"name": name},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            },
+        )
+
+
+@pytest.fixture
+def clusters(api_client: client.ApiClient, namespace: str) -> Clusters:
+    return Clusters(api_client, namespace)
+
+
+@pytest.fixture
+def sample_spec(
+    clusters: Clusters, redis_url: str, worker_image: str, host_network: bool
+) -> Callable[..., dict[str, Any]]:
+    """A working spec for the demo app, its broker Secret in place; keywords change workers[0]."""
+    clusters.put_secret("broker", {"url": redis_url})
+
+    def make(**pool: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "image": worker_image,
+            "imagePullPolicy": "IfNotPresent",
+            "app": "celery_demo",
+            "broker": {"urlSecretRef": {"name": "broker"}},
+            "env": [{"name": "CELERY_DEMO_BEAT_INTERVAL", "value": "2"}],
+            "workers": [{"name": "default", "queues": ["celery"], "concurrency": 2, **pool}],
+            "beat": {"enabled": True},
+        }
+        if host_network:
+            spec["podTemplate"] = {"hostNetwork": True}
+        return spec
+
+    return make
+
+
+def _celery(redis_url: str) -> Celery:
+    return Celery("e2e-client", broker=redis_url, backend=redis_url)
+
+
+def test_sample_runs_tasks_and_beat(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+    redis_url: str,
+) -> None:
+    clusters.create("demo", sample_spec(replicas=2))
+    clusters.wait_phase("demo", "Available")
+    status = clusters.get("demo")["status"]
+    assert (status["workers"], status["beat"]) == ("2/2", "Ready")
+    assert isinstance(status["backlog"], int)
+
+    app = _celery(redis_url)
+    result = app.send_task(f"{TASKS}.add", args=(20, 22))
+    assert result.get(timeout=60) == 42
+
+    # Beat sends beat_tick every 2 s; the workers run it and count it in Redis.
+    counter = redis.Redis.from_url(redis_url)
+    wait_for(
+        lambda: int(counter.get("celery_demo:beat_ticks") or 0) >= 2,
+        timeout=90,
+        message="beat's scheduled task never ran",
+    )
+    beat_pods = clusters.pods(f"{naming.COMPONENT_LABEL}=beat")
+    assert [p.metadata.name for p in beat_pods] == ["demo-beat-0"]
+
+    worker_pods = clusters.pods(f"{naming.POOL_LABEL}=default")
+    nodes = set(app.control.inspect(timeout=5).ping() or {})
+    assert nodes == {f"default@{p.metadata.name}" for p in worker_pods}
+
+
+def test_second_reconcile_of_an_unchanged_cluster_writes_nothing(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+    api_client: client.ApiClient,
+) -> None:
+    spec = sample_spec()
+    spec["beat"] = {"enabled": False}  # no scheduled tasks: the backlog in status stays put
+    clusters.create("demo", spec)
+    clusters.wait_phase("demo", "Available")
+    before = {n: d.metadata.resource_version for n, d in clusters.deployments().items()}
+    cluster_version = clusters.get("demo")["metadata"]["resourceVersion"]
+    reconciler = Reconciler(Kube(api_client), backlog_reader(2.0))
+    first = reconciler.reconcile(clusters.namespace, "demo")
+    second = reconciler.reconcile(clusters.namespace, "demo")
+    assert (first.writes, second.writes) == (0, 0), (first, second)
+    after = {n: d.metadata.resource_version for n, d in clusters.deployments().items()}
+    assert after == before
+    assert clusters.get("demo")["metadata"]["resourceVersion"] == cluster_version
+
+
+def test_changing_concurrency_rolls_the_pool(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+) -> None:
+    clusters.create("demo", sample_spec())
+    clusters.wait_phase("demo", "Available")
+    old_pods = {p.metadata.name for p in clusters.pods(f"{naming.POOL_LABEL}=default")}
+
+    clusters.patch_spec("demo", sample_spec(concurrency=3))
+
+    def rolled() -> bool:
+        pods = clusters.pods(f"{naming.POOL_LABEL}=default")
+        return (
+            clusters.phase("demo") == "Available"
+            and bool(pods)
+            and not {p.metadata.name for p in pods} & old_pods
+            and all(p.status.phase == "Running" for p in pods)
+        )
+
+    wait_for(rolled, timeout=180, message="the pool did not roll to the new concurrency")
+    args = clusters.deployments()["demo-worker-default"].spec.template.spec.containers[0].args
+    assert args[args.index("--concurrency") + 1] == "3"
+    assert clusters.get("demo")["status"]["observedGeneration"] == 2
+
+
+def test_hand_edit_of_an_owned_field_is_repaired_and_others_kept(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+) -> None:
+    clusters.create("demo", sample_spec())
+    clusters.wait_phase("demo", "Available")
+    clusters.apps.patch_namespaced_deployment(
+        "demo-worker-default",
+        clusters.namespace,
+        [
+            {"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": "x"},
+            {"op": "add", "path": "/metadata/labels/hand-made", "value": "kept"},
+        ],
+    )
+
+    def repaired() -> bool:
+        deployment = clusters.deployments()["demo-worker-default"]
+        return bool(deployment.spec.template.spec.containers[0].args[1] == "celery_demo")
+
+    wait_for(repaired, timeout=30, message="the hand edit was not repaired")
+    assert clusters.deployments()["demo-worker-default"].metadata.labels["hand-made"] == "kept"
+
+
+def test_removed_pool_and_deleted_cluster_leave_nothing(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+) -> None:
+    spec = sample_spec(replicas=1)
+    spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
+    clusters.create("demo", spec)
+    wait_for(
+        lambda: set(clusters.deployments()) == {"demo-worker-default", "demo-worker-reports"},
+        timeout=60,
+        message="pools not created",
+    )
+
+    clusters.patch_spec("demo", {"workers": spec["workers"][:1]})
+    wait_for(
+        lambda: set(clusters.deployments()) == {"demo-worker-default"},
+        timeout=60,
+        message="removed pool's Deployment not deleted",
+    )
+
+    clusters.delete("demo")
+    wait_for(
+        lambda: (
+            not clusters.deployments()
+            and not clusters.statefulsets()
+            and not clusters.pods(f"{naming.INSTANCE_LABEL}=demo")
+        ),
+        timeout=120,
+        message="children left after deleting the cluster",
+    )
+
+
+# (case, change to the sample spec, where the error must point)
+SCHEMA_REJECTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("no image", lambda s: s.pop("image"), "spec.image"),
+    ("empty image", lambda s: s.update(image=""), "spec.image"),
+    ("app with a space", lambda s: s.update(app="my app"), "spec.app"),
+    ("no broker", lambda s: s.pop("broker"), "spec.broker"),
+    ("no workers", lambda s: s.update(workers=[]), "spec.workers"),
+    (
+        "pool name with capitals",
+        lambda s: s["workers"][0].update(name="Default"),
+        "spec.workers[0].name",
+    ),
+    (
+        "negative replicas",
+        lambda s: s["workers"][0].update(replicas=-1),
+        "spec.workers[0].replicas",
+    ),
+    (
+        "zero concurrency",
+        lambda s: s["workers"][0].update(concurrency=0),
+        "spec.workers[0].concurrency",
+    ),
+    ("unknown pool type", lambda s: s["workers"][0].update(pool="fork"), "spec.workers[0].pool"),
+    ("empty queue list", lambda s: s["workers"][0].update(queues=[]), "spec.workers[0].queues"),
+    (
+        "soft limit above hard",
+        lambda s: s["workers"][0].update(softTimeLimitSeconds=9, timeLimitSeconds=5),
+        "spec.workers[0]",
+    ),
+    (
+        "duplicate pool names",
+        lambda s: s["workers"].append(copy.deepcopy(s["workers"][0])),
+        "spec.workers[1]",
+    ),
+    ("bad pull policy", lambda s: s.update(imagePullPolicy="Sometimes"), "spec.imagePullPolicy"),
+    (
+        "priority step out of range",
+        lambda s: s["broker"].update(transportOptions={"prioritySteps": [0, 300]}),
+        "spec.broker.transportOptions.prioritySteps[1]",
+    ),
+    (
+        "unknown beat persistence",
+        lambda s: s["beat"].update(persistence={"type": "hostPath"}),
+        "spec.beat.persistence.type",
+    ),
+    (
+        "zero grace period",
+        lambda s: s["workers"][0].update(terminationGracePeriodSeconds=0),
+        "spec.workers[0].terminationGracePeriodSeconds",
+    ),
+]
+
+# Specs the schema accepts but that cannot work: the operator reports them as Degraded.
+DEGRADED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    (
+        "broker Secret missing",
+        lambda s: s["broker"]["urlSecretRef"].update(name="nope"),
+        "spec.broker.urlSecretRef.name",
+    ),
+    (
+        "broker Secret key missing",
+        lambda s: s["broker"]["urlSecretRef"].update(key="nope"),
+        "spec.broker.urlSecretRef.key",
+    ),
+    (
+        "names too long together",
+        lambda s: s["workers"][0].update(name="p" * 30),
+        "spec.workers[0].name",
+    ),
+]
+
+
+def test_invalid_specs_are_rejected_or_degraded_and_the_operator_stays_healthy(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+    liveness_port: int,
+) -> None:
+    for case, change, field in SCHEMA_REJECTS:
+        spec = sample_spec()
+        change(spec)
+        with pytest.raises(client.ApiException) as raised:
+            clusters.create(f"bad-{uuid.uuid4().hex[:6]}", spec)
+        assert raised.value.status == 422, case
+        assert field in str(raised.value.body), f"{case}: {raised.value.body}"
+
+    for index, (case, change, field) in enumerate(DEGRADED):
+        spec = sample_spec()
+        change(spec)
+        name = f"degraded-{index}-with-a-long-name-x"
+        clusters.create(name, spec)
+        clusters.wait_phase(name, "Degraded", timeout=60)
+        message = clusters.condition(name, "Degraded")["message"]
+        assert message.startswith(field), f"{case}: {message}"
+
+    assert not clusters.deployments(), "a degraded cluster created children"
+    assert _healthy(liveness_port)
+    assert "Traceback" not in operator.output
+
+
+def test_a_spec_that_breaks_later_deletes_nothing_that_runs(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+) -> None:
+    clusters.create("demo", sample_spec())
+    clusters.wait_phase("demo", "Available")
+    uids = {n: d.metadata.uid for n, d in clusters.deployments().items()}
+    broken = sample_spec(concurrency=5)
+    broken["broker"]["urlSecretRef"]["name"] = "gone"
+    clusters.patch_spec("demo", broken)
+    clusters.wait_phase("demo", "Degraded", timeout=60)
+    assert {n: d.metadata.uid for n, d in clusters.deployments().items()} == uids
+    args = clusters.deployments()["demo-worker-default"].spec.template.spec.containers[0].args
+    assert args[args.index("--concurrency") + 1] == "2", "a degraded spec was applied"
+    events = clusters.core.list_namespaced_event(
+        clusters.namespace, field_selector="involvedObject.name=demo"
+    ).items
+    assert any(e.type == "Warning" and e.reason == "BrokerSecretMissing" for e in events)
