@@ -146,3 +146,33 @@ def plan(
 def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs)
+
+
+def stuck_beat_pod(
+    statefulset: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]
+) -> str | None:
+    """The beat pod to delete so that a stuck rollout can go on, or None.
+
+    A StatefulSet never replaces a pod of an old revision that is not Ready: a beat that crashes
+    on start keeps crashing after its spec is fixed (kubernetes/kubernetes#67250). Deleting such
+    a pod is safe for the at-most-one rule: the controller creates the new one only once the old
+    one is gone.
+    """
+    if statefulset is None:
+        return None
+    status = statefulset.get("status") or {}
+    update = status.get("updateRevision")
+    if not update or update == status.get("currentRevision"):
+        return None
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        revision = (meta.get("labels") or {}).get("controller-revision-hash")
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (pod.get("status") or {}).get("conditions") or []
+        )
+        if revision and revision != update and not ready:
+            return str(meta.get("name"))
+    return None

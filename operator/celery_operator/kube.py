@@ -97,6 +97,28 @@ class Kube:
             item.setdefault("apiVersion", "apps/v1")
         return items
 
+    def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        body = self._request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}
+        )
+        items: list[dict[str, Any]] = body.get("items", []) if body else []
+        return items
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
+        options: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
+        try:
+            self._write(
+                "DELETE",
+                f"/api/v1/namespaces/{namespace}/pods/{quote(name)}",
+                None,
+                options,
+                "application/json",
+            )
+        except KubeError as error:
+            if not error.not_found:
+                raise
+
     def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data (still base64), or None when it does not exist."""
         secret = self._get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{quote(name)}")

@@ -89,6 +89,7 @@ class Reconciler:
             if not problems:
                 actions = diff.plan(desired, live.values(), owner.uid)
                 problems += self._execute(actions, namespace, live, target)
+                self._unstick_beat(namespace, name, live, target)
 
         queue_backlog, broker_error = self._backlog(spec, broker_url)
         seen = self._observation(
@@ -211,6 +212,30 @@ class Reconciler:
                 f"{action.verb}d {action.kind} {action.name}: {action.reason}",
             )
         return problems
+
+    def _unstick_beat(
+        self,
+        namespace: str,
+        name: str,
+        live: Mapping[tuple[str, str], Mapping[str, Any]],
+        target: EventTarget,
+    ) -> None:
+        beat = live.get(("StatefulSet", naming.beat_name(name)))
+        if beat is None:
+            return
+        status_ = beat.get("status") or {}
+        if status_.get("updateRevision") == status_.get("currentRevision"):
+            return  # no rollout under way: do not even list the pods
+        pods = self.kube.list_pods(namespace, naming.beat_selector(name))
+        stuck = diff.stuck_beat_pod(beat, pods)
+        if stuck is not None:
+            uid = next(p["metadata"].get("uid") for p in pods if p["metadata"]["name"] == stuck)
+            self.kube.delete_pod(namespace, stuck, uid)
+            self._event(
+                target,
+                "ReplacedStuckBeat",
+                f"deleted pod {stuck}: not ready on an old revision, blocking the rollout",
+            )
 
     def _event(self, target: EventTarget, reason: str, message: str) -> None:
         self.kube.emit_event(

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from celery_operator import builders, naming
-from celery_operator.diff import first_difference, parse_quantity, plan
+from celery_operator.diff import first_difference, parse_quantity, plan, stuck_beat_pod
 from celery_operator.spec import parse_cluster
 from tests.unit.samples import OWNER, full_spec, with_changes
 
@@ -152,3 +152,31 @@ def test_child_being_deleted_is_waited_for_not_written() -> None:
     live[2]["spec"]["replicas"] = 5
     assert plan(desired, live, OWNER.uid) == []
     assert plan(desired[:2], live, OWNER.uid) == []
+
+
+def _beat_pod(revision: str, ready: bool, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "demo-beat-0", "labels": {"controller-revision-hash": revision}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {
+        "metadata": meta,
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("current", "update", "pod", "expected"),
+    [
+        ("r1", "r1", _beat_pod("r1", ready=False), None),  # no rollout under way
+        ("r1", "r2", _beat_pod("r1", ready=True), None),  # the controller rolls a ready pod
+        ("r1", "r2", _beat_pod("r1", ready=False), "demo-beat-0"),  # stuck: replace it
+        ("r1", "r2", _beat_pod("r2", ready=False), None),  # already the new revision
+        ("r1", "r2", _beat_pod("r1", ready=False, deleting=True), None),
+    ],
+)
+def test_stuck_beat_pod(
+    current: str, update: str, pod: dict[str, Any], expected: str | None
+) -> None:
+    sts = {"status": {"currentRevision": current, "updateRevision": update}}
+    assert stuck_beat_pod(sts, [pod]) == expected
+    assert stuck_beat_pod(None, [pod]) is None

@@ -1,0 +1,93 @@
+"""The CRD is the API's source of truth: the operator's defaults must be the schema's."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from celery_operator import spec as specmod
+from celery_operator.queues import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR
+from celery_operator.spec import parse_cluster
+from tests.unit.samples import full_spec, minimal_spec
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "celeryoperator.dev_celeryclusters.yaml"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD.read_text())
+    [version] = crd["spec"]["versions"]
+    found: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return found
+
+
+def _at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.split("."):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Default ``value`` the way the API server does: objects and array items, recursively."""
+    if value is None:
+        if "default" not in schema:
+            return None
+        value = copy.deepcopy(schema["default"])
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            defaulted = apply_defaults(sub, value.get(key))
+            if defaulted is not None:
+                value[key] = defaulted
+    if isinstance(value, list) and "items" in schema:
+        value = [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("make", [minimal_spec, full_spec])
+def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
+    schema: dict[str, Any], make: Any
+) -> None:
+    raw = make()
+    defaulted = apply_defaults(schema, copy.deepcopy(raw))
+    assert defaulted != raw  # the schema did default something
+    assert parse_cluster("demo", defaulted) == parse_cluster("demo", raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("imagePullPolicy", specmod.DEFAULT_IMAGE_PULL_POLICY),
+        ("broker.urlSecretRef.key", specmod.DEFAULT_SECRET_KEY),
+        ("broker.transportOptions.prioritySteps", list(DEFAULT_PRIORITY_STEPS)),
+        ("broker.transportOptions.separator", DEFAULT_SEPARATOR),
+        ("broker.transportOptions.globalKeyprefix", ""),
+        ("workers.[].queues", list(specmod.DEFAULT_QUEUES)),
+        ("workers.[].replicas", specmod.DEFAULT_REPLICAS),
+        ("workers.[].concurrency", specmod.DEFAULT_CONCURRENCY),
+        ("workers.[].pool", specmod.DEFAULT_POOL),
+        ("workers.[].terminationGracePeriodSeconds", specmod.DEFAULT_WORKER_GRACE_SECONDS),
+        ("beat.enabled", True),
+        ("beat.terminationGracePeriodSeconds", specmod.DEFAULT_BEAT_GRACE_SECONDS),
+        ("beat.persistence.type", specmod.DEFAULT_BEAT_PERSISTENCE),
+        ("beat.persistence.size", specmod.DEFAULT_BEAT_PERSISTENCE_SIZE),
+    ],
+)
+def test_default(schema: dict[str, Any], path: str, expected: Any) -> None:
+    assert _at(schema, path).get("default") == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("imagePullPolicy", specmod.PULL_POLICIES),
+        ("workers.[].pool", specmod.POOL_TYPES),
+        ("beat.persistence.type", specmod.PERSISTENCE_TYPES),
+    ],
+)
+def test_enums(schema: dict[str, Any], path: str, allowed: tuple[str, ...]) -> None:
+    assert tuple(_at(schema, path)["enum"]) == allowed
