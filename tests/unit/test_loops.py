@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from celery_operator.loops import ClusterLoops
+from celery_operator.reconciler import Outcome
+
+
+class Recorder:
+    """A reconcile function that records calls and how many ran at once."""
+
+    def __init__(self, found: bool = True, fail_first: int = 0, seconds: float = 0.0) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.found = found
+        self.fail_first = fail_first
+        self.seconds = seconds
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, namespace: str, name: str) -> Outcome:
+        with self._lock:
+            self.calls.append((namespace, name))
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.seconds)
+            if len(self.calls) <= self.fail_first:
+                raise RuntimeError("API down")
+            return Outcome(found=self.found, writes=1)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def _until(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_pokes_while_busy_coalesce_into_one_more_run_never_two_at_once() -> None:
+    async def scenario() -> Recorder:
+        recorder = Recorder(seconds=0.2)
+        loops = ClusterLoops(recorder, interval=60, debounce=0.01)
+        loops.poke(("ns", "a"), create=True)
+        await _until(lambda: recorder.running == 1)
+        for _ in range(10):
+            loops.poke(("ns", "a"), create=True)
+        await _until(lambda: len(recorder.calls) == 2)
+        await asyncio.sleep(0.4)
+        await loops.stop()
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert recorder.calls == [("ns", "a"), ("ns", "a")]
+    assert recorder.most_at_once == 1
+
+
+def test_child_events_do_not_start_loops_for_unknown_clusters() -> None:
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        loops = ClusterLoops(recorder, interval=60, debounce=0.01)
+        loops.poke(("ns", "ghost"), create=False)
+        await asyncio.sleep(0.1)
+        await loops.stop()
+        return recorder
+
+    assert asyncio.run(scenario()).calls == []
+
+
+def test_interval_reconciles_without_events_and_failures_retry() -> None:
+    async def scenario() -> tuple[Recorder, ClusterLoops]:
+        recorder = Recorder(fail_first=1)
+        loops = ClusterLoops(recorder, interval=0.05, debounce=0.0)
+        loops.poke(("ns", "a"), create=True)
+        await _until(lambda: len(recorder.calls) >= 4, timeout=5)
+        await loops.stop()
+        return recorder, loops
+
+    _, loops = asyncio.run(scenario())
+    assert loops.stats.failures == 1
+    assert loops.stats.reconciles >= 3
+
+
+def test_a_cluster_that_is_gone_ends_its_loop() -> None:
+    async def scenario() -> tuple[Recorder, ClusterLoops]:
+        recorder = Recorder(found=False)
+        loops = ClusterLoops(recorder, interval=0.01, debounce=0.0)
+        loops.poke(("ns", "a"), create=True)
+        await _until(lambda: ("ns", "a") not in loops)
+        await asyncio.sleep(0.05)
+        await loops.stop()
+        return recorder, loops
+
+    recorder, _ = asyncio.run(scenario())
+    assert recorder.calls == [("ns", "a")]
