@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds the cluster's two images locally (nothing is ever pulled) and imports them into the
+# cluster's containerd when it runs:
+#   localhost/celery-operator/pause:3.10   the pod sandbox, a static C program (images/pause)
+#   localhost/celery-operator/worker:dev   Debian bookworm + /opt/venv with Celery, the probes
+#                                           package and the example app (images/worker)
+# The worker image is two layers: a slow base (debootstrap + pip, minutes) cached in
+# ~/.cache/celery-operator/images keyed by its recipe, and a thin project layer (probes/ and
+# examples/app) rebuilt whenever their content changes. An image whose digest containerd already
+# has is not imported again.
+#   image.sh          build, and import if the cluster's containerd runs
+#   image.sh import   the same, called by up.sh once containerd runs
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+images_cache=$cache_dir/images
+oci() { python3 "$cluster_src/oci.py" "$@"; }
+
+# A short hash of the named files' contents and of extra words.
+content_key() { { cat "$@"; } | sha256sum | cut -c1-12; }
+
+# The project's files that go into the thin layer, as a stable stream (names and contents).
+project_files() {
+  local dirs=(examples/app)
+  [ -f "$repo_root/probes/pyproject.toml" ] && dirs+=(probes)
+  (cd "$repo_root" && find "${dirs[@]}" -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' \
+    ! -path '*/.pytest_cache/*' ! -path '*/build/*' ! -name '*.pyc' -print0 2>/dev/null |
+    sort -z | xargs -0r sha256sum)
+}
+
+build_pause() {
+  local src=$repo_root/images/pause/pause.c key dir
+  key=$(content_key "$src")
+  dir=$images_cache/pause-$key
+  [ -f "$dir/layer.tar" ] && { echo "$dir"; return; }
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/rootfs"
+  gcc -static -Os -s -Wall -Wextra -o "$dir.tmp/rootfs/pause" "$src"
+  echo '{"Entrypoint":["/pause"]}' > "$dir.tmp/config.json"
+  oci layer "$dir.tmp/rootfs" "$dir.tmp/layer.tar" >/dev/null
+  rm -rf "$dir.tmp/rootfs" && mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
+build_worker_base() {
+  local recipe=$repo_root/images/worker key dir
+  key=$(content_key "$recipe/base.sh" "$recipe/packages.txt" "$recipe/requirements.txt")
+  dir=$images_cache/worker-base-$key
+  [ -f "$dir/layer.tar" ] && { echo "$dir"; return; }
+  log "building the worker base layer (debootstrap + pip, a few minutes, once) in $dir"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  "$recipe/base.sh" "$dir.tmp/rootfs"
+  oci layer "$dir.tmp/rootfs" "$dir.tmp/layer.tar" >/dev/null
+  mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
+# pip runs inside the cached base rootfs (its /opt/venv python writes the right script headers)
+# and installs into a prefix under its /tmp, which becomes the layer's /opt/venv.
+install_probes() {
+  local rootfs=$1 layer=$2 pip=(pip install -q --no-cache-dir --prefix /tmp/layer/opt/venv)
+  [ -f "$repo_root/probes/pyproject.toml" ] || return 0
+  rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer"
+  cp -r "$repo_root/probes" "$rootfs/tmp/probes"
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/host-ca.crt"
+  cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+  in_base "$rootfs" "${pip[@]}" --no-build-isolation /tmp/probes >&2 ||
+    in_base "$rootfs" "${pip[@]}" /tmp/probes >&2
+  mv "$rootfs/tmp/layer/opt" "$layer/opt"
+  rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer" "$rootfs/tmp/host-ca.crt"
+  : > "$rootfs/etc/resolv.conf"
+}
+
+in_base() {
+  local rootfs=$1 && shift
+  env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 PIP_CERT=/tmp/host-ca.crt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 chroot "$rootfs" "$@"
+}
+
+build_worker_project() {
+  local base=$1 key dir
+  key=$(project_files | content_key - "$base/layer.tar.sha256" "$cluster_src/image.sh")
+  dir=$images_cache/worker-project-$key
+  [ -f "$dir/layer.tar" ] && { echo "$dir"; return; }
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/rootfs/app"
+  (cd "$repo_root/examples/app" && tar -c --exclude=__pycache__ --exclude='*.pyc' .) |
+    tar -x -C "$dir.tmp/rootfs/app"
+  install_probes "$base/rootfs" "$dir.tmp/rootfs"
+  oci layer "$dir.tmp/rootfs" "$dir.tmp/layer.tar" >/dev/null
+  rm -rf "$dir.tmp/rootfs" && mv "$dir.tmp" "$dir"
+  prune "$images_cache/worker-project-*" "$dir"
+  echo "$dir"
+}
+
+# Removes older builds matching a glob, keeping the one just made.
+prune() {
+  local keep=$2 old
+  for old in $1; do
+    [ "$old" = "$keep" ] || [ ! -d "$old" ] || rm -rf "$old"
+  done
+}
+
+worker_config() {
+  cat <<'EOF'
+{"Env": ["PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+         "PYTHONPATH=/app", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8"],
+ "WorkingDir": "/app", "Cmd": ["celery", "--version"]}
+EOF
+}
+
+imported_digest() {
+  ctr_cmd images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3 }'
+}
+
+# Imports image $1 (config file $2, layers after) unless containerd already has that digest.
+import_image() {
+  local name=$1 config=$2 && shift 2
+  local want
+  want=$(oci archive "$name" "$config" "$@")
+  [ "$(imported_digest "$name")" = "$want" ] && return 0
+  log "importing $name ($want)"
+  oci archive "$name" "$config" "$@" --out - 2>/dev/null | ctr_cmd images import - >/dev/null
+  [ "$(imported_digest "$name")" = "$want" ] || die "import of $name did not give $want"
+}
+
+main() {
+  mkdir -p "$images_cache"
+  local pause base project
+  pause=$(build_pause)
+  base=$(build_worker_base)
+  project=$(build_worker_project "$base")
+  worker_config > "$project/config.json"
+  if ! containerd_alive; then
+    [ "${1:-}" = import ] && die "containerd is not running at $containerd_sock"
+    log "images built; the cluster is not running, so 'make cluster' will import them"
+    return 0
+  fi
+  import_image "$pause_image" "$pause/config.json" "$pause/layer.tar"
+  import_image "$worker_image" "$project/config.json" "$base/layer.tar" "$project/layer.tar"
+}
+
+main "$@"

@@ -1,0 +1,73 @@
+# Shared settings and helpers of the local cluster scripts (sourced, not run).
+# Every path and port lives here so up.sh, down.sh and image.sh agree on them.
+
+cluster_src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$cluster_src/.." && pwd)
+cache_dir=${CELERY_OPERATOR_CACHE:-$HOME/.cache/celery-operator}
+state_dir=${CELERY_OPERATOR_CLUSTER_DIR:-/var/lib/celery-operator-cluster}
+
+pki_dir=$state_dir/pki
+run_dir=$state_dir/run        # PID files, one per process we started
+log_dir=$state_dir/logs
+etcd_data=$state_dir/etcd
+containerd_dir=$state_dir/containerd
+containerd_sock=$containerd_dir/containerd.sock
+kubelet_dir=$state_dir/kubelet
+kubeconfig=$state_dir/admin.kubeconfig
+
+# Loopback only, and away from the default ports of a host's own etcd, API server or kubelet.
+etcd_port=23790
+etcd_peer_port=23800
+apiserver_port=16443
+controller_manager_port=20257
+scheduler_port=20259
+kubelet_port=20250
+kubelet_healthz_port=20248
+
+node_name=localhost        # resolves to 127.0.0.1: the API server reaches the kubelet by this name
+node_label=celeryoperator.dev/local-cluster=true
+# Virtual service IPs: nothing routes them (no kube-proxy). RFC 2544 benchmark space, not a private
+# range, and up.sh blackholes it so a stray ClusterIP connection never leaves the machine.
+service_cidr=198.18.0.0/24
+service_ip=198.18.0.1
+cgroup_parent=celery-operator  # the kubelet's cgroup root: every pod lives under it
+
+pause_image=localhost/celery-operator/pause:3.10
+worker_image=localhost/celery-operator/worker:dev
+
+# The processes up.sh starts, in start order; down.sh stops them in reverse.
+components=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet)
+
+log() { echo "cluster: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+k8s_binary() { "$cluster_src/k8s/build.sh" | tail -n 1; }
+
+ctr_cmd() { ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
+
+pid_file() { echo "$run_dir/$1.pid"; }
+
+# True when the process recorded for component $1 is alive.
+component_alive() {
+  local file pid
+  file=$(pid_file "$1")
+  [ -s "$file" ] || return 1
+  pid=$(cat "$file")
+  kill -0 "$pid" 2>/dev/null
+}
+
+apiserver_ready() {
+  curl -fsS --max-time 2 --cacert "$pki_dir/ca.crt" --cert "$pki_dir/admin.crt" \
+    --key "$pki_dir/admin.key" "https://127.0.0.1:$apiserver_port/readyz" >/dev/null 2>&1
+}
+
+containerd_alive() { component_alive containerd && ctr --address "$containerd_sock" version >/dev/null 2>&1; }
+
+# Polls command "$@" every half second for up to $timeout seconds (set by the caller).
+wait_until() {
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.5
+  done
+}
