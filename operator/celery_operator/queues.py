@@ -28,7 +28,12 @@ class KeyScheme:
 
 
 def queue_keys(queue: str, scheme: KeyScheme = KeyScheme()) -> list[str]:
-    """Every Redis list that holds messages of ``queue``, one per distinct priority step."""
+    """Every Redis list that holds messages of ``queue``, one per distinct priority step.
+
+    kombu maps a message priority to a step with ``bisect`` over ``priority_steps`` as given, so
+    any list it writes is the list of some step, whatever their order. Its own ``_size`` sums one
+    ``LLEN`` per entry and counts a duplicated step twice; here each list is named once.
+    """
     keys: list[str] = []
     for step in sorted(set(scheme.priority_steps)):
         name = queue if step == 0 else f"{queue}{scheme.separator}{step}"

@@ -1,0 +1,74 @@
+"""The one adapter through which the operator reads the broker (Redis, as kombu lays it out).
+
+Everything else in the operator gets plain numbers from here, and one exception type,
+:class:`BrokerUnavailable`, when the broker cannot be read, so that callers can fail safe (keep
+the replicas they have) instead of guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from celery_operator.queues import KeyScheme, keys_for_queues
+
+SUPPORTED_SCHEMES: Final = ("redis", "rediss")
+"""URL schemes of the brokers we can count: plain Redis and Redis over TLS."""
+
+RECONNECT_ATTEMPTS: Final = 1
+"""Immediate retries of a command after a connection error or timeout.
+
+One retry, without backoff, replaces a pooled socket that died while Redis restarted; more would
+only stretch the time a caller waits on a broker that is down: a read fails within about
+``(RECONNECT_ATTEMPTS + 1) * timeout``.
+"""
+
+
+class BrokerUnavailable(Exception):  # noqa: N818 (a state, named as the callers read it)
+    """The broker could not be read: unreachable, timed out, refused us, or answered an error."""
+
+
+def connect(url: str, *, timeout: float) -> redis.Redis[bytes]:
+    """A Redis client for a broker URL whose connects and commands each give up after ``timeout``.
+
+    The client does not connect until it is first used. It is a plain client: kombu's
+    ``global_keyprefix`` is applied by :func:`celery_operator.queues.queue_keys`, not here.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in SUPPORTED_SCHEMES:
+        # Name the scheme only: the rest of a broker URL may hold a password.
+        raise ValueError(
+            f"broker URL scheme {scheme!r} is not supported: use redis:// or rediss://"
+        )
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), RECONNECT_ATTEMPTS),
+    )
+
+
+def read_backlog(
+    client: redis.Redis[bytes], queues: Sequence[str], scheme: KeyScheme
+) -> dict[str, int]:
+    """Messages waiting in each queue: the sum of ``LLEN`` over all of its priority lists.
+
+    All lists of all queues are read in one pipelined round trip (no ``MULTI``: the counts are a
+    snapshot for scaling, not a transaction). A missing key is an empty list and counts 0.
+    Messages already reserved by a worker are not in the lists and are not counted here.
+    """
+    keys_by_queue = keys_for_queues(queues, scheme)
+    pipe = client.pipeline(transaction=False)
+    for keys in keys_by_queue.values():
+        for key in keys:
+            pipe.llen(key)
+    try:
+        lengths = iter(pipe.execute())
+    except redis.RedisError as error:
+        raise BrokerUnavailable(f"cannot read queue lengths: {error}") from error
+    return {queue: sum(int(next(lengths)) for _ in keys) for queue, keys in keys_by_queue.items()}
