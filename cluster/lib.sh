@@ -47,14 +47,20 @@ ctr_cmd() { ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
 
 pid_file() { echo "$run_dir/$1.pid"; }
 
-# True when the process recorded for component $1 is alive.
-component_alive() {
-  local file pid
-  file=$(pid_file "$1")
+# The kernel's start time of process $1 (field 22 of /proc/PID/stat, after the command name).
+process_start_time() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# The PID recorded for component $1, printed only while that very process is alive: the file
+# holds "PID START_TIME", so a PID the kernel gave to another process since does not count.
+component_pid() {
+  local file=$run_dir/$1.pid pid started
   [ -s "$file" ] || return 1
-  pid=$(cat "$file")
-  kill -0 "$pid" 2>/dev/null
+  read -r pid started < "$file"
+  [ -n "$pid" ] && [ "$(process_start_time "$pid")" = "$started" ] || return 1
+  echo "$pid"
 }
+
+component_alive() { component_pid "$1" >/dev/null; }
 
 apiserver_ready() {
   curl -fsS --max-time 2 --cacert "$pki_dir/ca.crt" --cert "$pki_dir/admin.crt" \

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Starts the local single-node Kubernetes (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, containerd and a kubelet running real pods), all on 127.0.0.1, and prints
+# `KUBECONFIG=/abs/path` as its last line. A healthy running cluster is reused; a crashed or
+# half-started one is torn down by down.sh and started afresh. See cluster/README.md.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+source "$cluster_src/pki.sh"
+source "$cluster_src/configs.sh"
+
+# Every recorded process alive and the API server ready.
+cluster_healthy() {
+  local name
+  [ -f "$kubeconfig" ] || return 1
+  for name in "${components[@]}"; do component_alive "$name" || return 1; done
+  apiserver_ready
+}
+
+# start NAME COMMAND...: runs it in its own session, output to logs/NAME.log, and records
+# "PID START_TIME" so down.sh never signals a recycled PID.
+start() {
+  local name=$1 && shift
+  setsid "$@" >>"$log_dir/$name.log" 2>&1 </dev/null &
+  echo "$! $(process_start_time $!)" > "$(pid_file "$name")"
+}
+
+start_etcd() {
+  start etcd etcd --name local --data-dir "$etcd_data" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster "local=http://127.0.0.1:$etcd_peer_port" --logger zap
+}
+
+start_containerd() { start containerd containerd --config "$containerd_dir/config.toml"; }
+
+start_apiserver() {
+  start kube-apiserver "$k8s" kube-apiserver \
+    --bind-address=127.0.0.1 --secure-port="$apiserver_port" --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --tls-cert-file="$pki_dir/apiserver.crt" --tls-private-key-file="$pki_dir/apiserver.key" \
+    --client-ca-file="$pki_dir/ca.crt" \
+    --service-account-issuer="https://127.0.0.1:$apiserver_port" \
+    --service-account-key-file="$pki_dir/sa.pub" \
+    --service-account-signing-key-file="$pki_dir/sa.key" \
+    --service-cluster-ip-range="$service_cidr" \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --kubelet-preferred-address-types=Hostname \
+    --kubelet-client-certificate="$pki_dir/admin.crt" --kubelet-client-key="$pki_dir/admin.key" \
+    --profiling=false
+}
+
+start_controller_manager() {
+  start kube-controller-manager "$k8s" kube-controller-manager \
+    --kubeconfig="$kubeconfig" --bind-address=127.0.0.1 --secure-port="$controller_manager_port" \
+    --leader-elect=false --controllers='*' --use-service-account-credentials \
+    --service-account-private-key-file="$pki_dir/sa.key" --root-ca-file="$pki_dir/ca.crt" \
+    --cluster-signing-cert-file="$pki_dir/ca.crt" --cluster-signing-key-file="$pki_dir/ca.key" \
+    --profiling=false
+}
+
+start_scheduler() {
+  start kube-scheduler "$k8s" kube-scheduler --kubeconfig="$kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false --profiling=false
+}
+
+start_kubelet() {
+  start kubelet "$k8s" kubelet --config="$state_dir/kubelet.yaml" --kubeconfig="$kubeconfig" \
+    --root-dir="$kubelet_dir" --hostname-override="$node_name" --node-labels="$node_label"
+}
+
+# The kubelet's cgroup root must exist in every v1 hierarchy; cpuset needs its CPUs and memory
+# nodes filled in before any process can join.
+make_cgroup_root() {
+  local hierarchy
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [ -L "${hierarchy%/}" ] && continue
+    mkdir -p "$hierarchy$cgroup_parent"
+  done
+  if [ -d /sys/fs/cgroup/cpuset ]; then
+    cat /sys/fs/cgroup/cpuset/cpuset.cpus > "/sys/fs/cgroup/cpuset/$cgroup_parent/cpuset.cpus"
+    cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$cgroup_parent/cpuset.mems"
+  fi
+}
+
+# The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops; down.sh puts the
+# host's values back from this file.
+save_host_settings() {
+  sysctl -e vm.overcommit_memory kernel.panic kernel.panic_on_oops | tr -d ' ' > "$state_dir/sysctl.saved"
+  cat /proc/sys/kernel/random/boot_id > "$state_dir/boot_id"
+}
+
+blackhole_service_range() { ip route replace blackhole "$service_cidr"; }
+
+prepare_state() {
+  mkdir -p "$state_dir" "$run_dir" "$log_dir"
+  save_host_settings
+  make_pki
+  write_kubeconfig
+  write_containerd_config
+  write_kubelet_config
+  make_cgroup_root
+  blackhole_service_range
+}
+
+kubectl() { "$k8s" kubectl --kubeconfig="$kubeconfig" "$@"; }
+
+node_ready() {
+  [ "$(kubectl get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+default_service_account() { kubectl get serviceaccount default -n default >/dev/null 2>&1; }
+
+etcd_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; }
+
+# await WHAT TIMEOUT CHECK...: polls CHECK, and fails with the logs' tails when it never passes.
+await() {
+  local what=$1
+  timeout=$2 && shift 2
+  wait_until "$@" || fail "$what not ready after ${timeout}s"
+}
+
+fail() {
+  log "$*"
+  local name
+  for name in "${components[@]}"; do
+    [ -f "$log_dir/$name.log" ] || continue
+    component_alive "$name" && log "--- $name (running): last lines" || log "--- $name (NOT running): last lines"
+    tail -n 15 "$log_dir/$name.log" >&2
+  done
+  log "logs are in $log_dir"
+  exit 1
+}
+
+start_cluster() {
+  k8s=$(k8s_binary)
+  prepare_state
+  start_etcd
+  start_containerd
+  await etcd 30 etcd_ready
+  start_apiserver
+  await containerd 30 containerd_alive
+  "$cluster_src/image.sh" import || fail "image import failed"
+  await kube-apiserver 60 apiserver_ready
+  start_controller_manager
+  start_scheduler
+  start_kubelet
+  await "node $node_name" 90 node_ready
+  await "default service account" 30 default_service_account
+  kubectl label node "$node_name" "$node_label" --overwrite >/dev/null
+}
+
+main() {
+  if cluster_healthy; then
+    "$cluster_src/image.sh" import
+  else
+    if [ -d "$state_dir" ]; then
+      log "found a stopped or half-started cluster in $state_dir: cleaning it up first"
+      "$cluster_src/down.sh"
+    fi
+    start_cluster
+    log "up; logs in $log_dir"
+  fi
+  echo "KUBECONFIG=$kubeconfig"
+}
+
+main "$@"
