@@ -154,6 +154,7 @@ start_cluster() {
 
 main() {
   if cluster_healthy; then
+    log "reusing the running cluster in $state_dir"
     "$cluster_src/image.sh" import
   else
     if [ -d "$state_dir" ]; then

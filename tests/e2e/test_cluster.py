@@ -1,0 +1,177 @@
+"""The test cluster itself: real controllers, a real kubelet and runtime, the worker image.
+
+These run first (file order) so a broken cluster shows up here, not as an operator failure.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+import redis
+from kubernetes import client
+
+from tests.e2e.kube import describe_pod, pod_logs, wait_for
+
+SLEEP_FOREVER = ["sleep", "infinity"]
+
+
+def pod_spec(
+    image: str,
+    command: list[str],
+    host_network: bool,
+    restart_policy: str = "Never",
+    readiness_probe: client.V1Probe | None = None,
+    liveness_probe: client.V1Probe | None = None,
+) -> client.V1PodSpec:
+    container = client.V1Container(
+        name="main",
+        image=image,
+        command=command,
+        readiness_probe=readiness_probe,
+        liveness_probe=liveness_probe,
+    )
+    return client.V1PodSpec(
+        containers=[container],
+        host_network=host_network,
+        restart_policy=restart_policy,
+        termination_grace_period_seconds=1,
+    )
+
+
+def run_pod(api: client.ApiClient, namespace: str, name: str, spec: client.V1PodSpec) -> None:
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name=name), spec=spec)
+    client.CoreV1Api(api).create_namespaced_pod(namespace, pod)
+
+
+def pod_phase(api: client.ApiClient, namespace: str, name: str) -> str:
+    pod = client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+    return str(pod.status and pod.status.phase)
+
+
+def wait_finished(api: client.ApiClient, namespace: str, name: str, timeout: float = 90) -> str:
+    """The phase of a pod once it is Succeeded or Failed."""
+
+    def finished() -> str | None:
+        phase = pod_phase(api, namespace, name)
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    try:
+        return str(wait_for(finished, timeout=timeout))
+    except AssertionError:
+        pytest.fail(f"pod did not finish:\n{describe_pod(api, namespace, name)}")
+
+
+def test_deployment_of_the_worker_image_becomes_ready_and_is_collected(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    apps = client.AppsV1Api(api_client)
+    labels = {"app": "sleeper"}
+    template = client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels=labels),
+        spec=pod_spec(
+            worker_image,
+            SLEEP_FOREVER,
+            host_network,
+            restart_policy="Always",
+            readiness_probe=client.V1Probe(
+                _exec=client.V1ExecAction(command=["test", "-x", "/opt/venv/bin/celery"]),
+                period_seconds=1,
+            ),
+        ),
+    )
+    deployment = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name="sleeper"),
+        spec=client.V1DeploymentSpec(
+            replicas=2,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=template,
+        ),
+    )
+    apps.create_namespaced_deployment(namespace, deployment)
+
+    def ready_replicas() -> bool:
+        status = apps.read_namespaced_deployment(name="sleeper", namespace=namespace).status
+        return bool(status and status.ready_replicas == 2)
+
+    wait_for(ready_replicas, timeout=90, message="Deployment sleeper: 2 ready replicas")
+
+    apps.delete_namespaced_deployment("sleeper", namespace, propagation_policy="Background")
+    core = client.CoreV1Api(api_client)
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, label_selector="app=sleeper").items,
+        timeout=60,
+        message="the garbage collector removed the Deployment's ReplicaSet and pods",
+    )
+    assert not apps.list_namespaced_replica_set(namespace).items
+
+
+def test_a_pod_of_the_worker_image_runs_celery_to_completion(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    run_pod(
+        api_client, namespace, "celery-version",
+        pod_spec(worker_image, ["celery", "--version"], host_network),
+    )  # fmt: skip
+
+    assert wait_finished(api_client, namespace, "celery-version") == "Succeeded"
+    pod = client.CoreV1Api(api_client).read_namespaced_pod("celery-version", namespace)
+    assert pod.status
+    assert pod.status.container_statuses
+    state = pod.status.container_statuses[0].state
+    assert state
+    assert state.terminated
+    assert state.terminated.exit_code == 0
+    log = pod_logs(api_client, namespace, "celery-version")
+    assert re.match(r"\d+\.\d+\.\d+ \(\w+\)", log), log
+
+
+def test_a_failing_liveness_probe_makes_the_kubelet_restart_the_container(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    probe = client.V1Probe(
+        _exec=client.V1ExecAction(command=["false"]), period_seconds=1, failure_threshold=1
+    )
+    run_pod(
+        api_client, namespace, "doomed",
+        pod_spec(worker_image, SLEEP_FOREVER, host_network, "Always", liveness_probe=probe),
+    )  # fmt: skip
+
+    def restarts() -> int:
+        pod = client.CoreV1Api(api_client).read_namespaced_pod("doomed", namespace)
+        statuses = (pod.status and pod.status.container_statuses) or []
+        return sum(s.restart_count for s in statuses)
+
+    wait_for(restarts, timeout=90, message="restartCount of a container failing its liveness probe")
+
+
+def test_redis_fixture_serves_the_test_process_and_pods(
+    api_client: client.ApiClient,
+    namespace: str,
+    worker_image: str,
+    host_network: bool,
+    redis_url: str,
+    redis_pod_url: str,
+) -> None:
+    key = f"e2e-{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(redis_url).set(key, "from-the-test")
+    command = ["sh", "-c", f'test "$(redis-cli -u {redis_pod_url} GET {key})" = from-the-test']
+    run_pod(api_client, namespace, "redis-client", pod_spec(worker_image, command, host_network))
+
+    assert wait_finished(api_client, namespace, "redis-client") == "Succeeded", describe_pod(
+        api_client, namespace, "redis-client"
+    )
+
+
+def test_a_pod_without_host_network_has_only_loopback(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    """The local cluster's CNI gives such pods an isolated namespace with lo only."""
+    if not host_network:
+        pytest.skip("the local cluster's networking only: this cluster has a real CNI")
+    command = ["sh", "-c", "cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '"]
+    run_pod(api_client, namespace, "isolated", pod_spec(worker_image, command, False))
+
+    assert wait_finished(api_client, namespace, "isolated") == "Succeeded"
+    assert pod_logs(api_client, namespace, "isolated").split() == ["lo"]
