@@ -1,0 +1,92 @@
+"""`make cluster-down` leaves nothing behind. Runs after every other e2e test (file order).
+
+Only a cluster this run started is torn down: a cluster given by ``$KUBECONFIG``, or one already
+running when the suite began (a developer's `make cluster`), is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.kube import pod_ready, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CGROUP_PARENT = "celery-operator"  # cluster/lib.sh: the kubelet's cgroup root
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def recorded_processes(state_dir: Path) -> dict[int, str | None]:
+    """Every process the cluster recorded: its components and containerd's shims and containers."""
+    processes: dict[int, str | None] = {}
+    for file in (state_dir / "run").glob("*.pid"):
+        recorded, started = file.read_text().split()
+        processes[int(recorded)] = started
+    tasks = state_dir / "containerd" / "state" / "io.containerd.runtime.v2.task"
+    for file in [*tasks.glob("*/*/shim.pid"), *tasks.glob("*/*/init.pid")]:
+        pid = int(file.read_text())
+        processes[pid] = start_time(pid)
+    return processes
+
+
+def mounts_under(path: Path) -> list[str]:
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+def run_a_pod_with_a_volume(api: client.ApiClient, image: str) -> None:
+    """A running pod (with its service-account token volume, a tmpfs) so that down has shims,
+    containers and mounts to clean up."""
+    core = client.CoreV1Api(api)
+    namespace = f"e2e-cluster-down-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    container = client.V1Container(name="main", image=image, command=["sleep", "infinity"])
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="sleeper"),
+        spec=client.V1PodSpec(containers=[container], host_network=True),
+    )
+
+    def created() -> bool:  # the namespace's default service account comes a moment later
+        core.create_namespaced_pod(namespace, pod)
+        return True
+
+    wait_for(created, timeout=30, message="pod created")
+    wait_for(lambda: pod_ready(api, namespace, "sleeper"), timeout=60, message="sleeper ready")
+
+
+def test_cluster_down_stops_every_process_and_unmounts_everything(
+    suite_owns_cluster: bool, kubeconfig: str, api_client: client.ApiClient, worker_image: str
+) -> None:
+    if not suite_owns_cluster:
+        pytest.skip("this run did not start the cluster ($KUBECONFIG given or already running)")
+    state_dir = Path(kubeconfig).parent
+    run_a_pod_with_a_volume(api_client, worker_image)
+    processes = recorded_processes(state_dir)
+    assert len(processes) > 6, processes  # six components, plus a shim and two containers
+    assert mounts_under(state_dir)
+
+    subprocess.run(
+        [str(ROOT / "cluster" / "down.sh")],
+        check=True,
+        timeout=120,
+        env={**os.environ, "CELERY_OPERATOR_CLUSTER_DIR": str(state_dir)},
+    )
+
+    alive = {pid for pid, started in processes.items() if started and start_time(pid) == started}
+    assert not alive, f"still running after down: {alive}"
+    assert not mounts_under(state_dir)
+    assert not state_dir.exists()
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"))
