@@ -2,8 +2,8 @@
 
 # Our own containerd: root, state and sockets under the state dir, the CRI plugin with runc and the
 # cgroupfs driver (the kubelet's), the locally built sandbox image, no AppArmor profile (the host
-# has none), and network namespaces and runc's state kept under its state dir so down.sh finds
-# them. restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE, so runc cannot set
+# has none), network namespaces and runc's state under its state dir, and the shims in a cgroup
+# of ours (containerd 1.6's runc shim writes no PID file), so down.sh finds them all. restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE, so runc cannot set
 # the negative oom_score_adj the kubelet asks for (-998 for sandboxes, -997 for Guaranteed pods);
 # the option raises such values to containerd's own (0) instead of failing every sandbox.
 write_containerd_config() {
@@ -39,6 +39,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        ShimCgroup = "/$shim_cgroup"
         Root = "$containerd_dir/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$state_dir/cni-bin"

@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
 stop_pid() {
   local pid=$1 deadline=$((SECONDS + 10))
   kill -TERM "$pid" 2>/dev/null || return 0
-  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  while process_running "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
 
@@ -20,29 +20,38 @@ stop_component() {
   stop_pid "$pid"
 }
 
-# containerd writes init.pid (a container's first process) and shim.pid (its shim) under its
-# state dir. After a reboot those numbers mean other processes: only trust them on the same boot.
+task_dirs() { echo "$containerd_dir"/state/io.containerd.runtime.v2.task/*/*/; }
+
+# containerd writes init.pid, a container's first process, under its state dir. After a reboot
+# those numbers mean other processes: only trust them on the same boot.
 same_boot() { [ "$(cat "$state_dir/boot_id" 2>/dev/null)" = "$(cat /proc/sys/kernel/random/boot_id)" ]; }
 
-stop_runtime_pid_files() {
-  local name=$1 file
-  same_boot || return 0
-  for file in "$containerd_dir"/state/io.containerd.runtime.v2.task/*/*/"$name"; do
-    [ -s "$file" ] && kill -KILL "$(cat "$file")" 2>/dev/null || true
-  done
-}
-
-# Whatever still runs in the kubelet's cgroup tree is a pod's process: kill it by membership.
-kill_cgroup_members() {
-  local procs pid
-  for procs in /sys/fs/cgroup/*/"$cgroup_parent"/**/cgroup.procs /sys/fs/cgroup/*/"$cgroup_parent"/cgroup.procs; do
-    [ -f "$procs" ] || continue
-    while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done < "$procs"
-  done
-}
-
-remove_cgroups() {
+kill_container_inits() {
   local dir
+  same_boot || return 0
+  for dir in $(task_dirs); do
+    [ -s "$dir/init.pid" ] && kill -KILL "$(cat "$dir/init.pid")" 2>/dev/null || true
+  done
+}
+
+# Whatever still runs in our cgroup tree is a pod's process or a containerd shim: kill it by
+# membership.
+kill_cgroup_members() {
+  local pid
+  for pid in $(cgroup_members | sort -u); do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+cgroup_members() {
+  local procs
+  for procs in /sys/fs/cgroup/*/"$cgroup_parent"/**/cgroup.procs; do cat "$procs" 2>/dev/null; done
+}
+
+no_cgroup_members() { [ -z "$(cgroup_members)" ]; }
+
+# A cgroup can be removed once the killed processes in it have exited.
+remove_cgroups() {
+  local dir timeout=10
+  wait_until no_cgroup_members || die "processes left in our cgroups: $(cgroup_members | tr '\n' ' ')"
   for dir in $(find /sys/fs/cgroup/*/"$cgroup_parent" -depth -type d 2>/dev/null); do
     rmdir "$dir" 2>/dev/null || true
   done
@@ -70,13 +79,23 @@ restore_host_settings() {
   ip route del blackhole "$service_cidr" 2>/dev/null || true
 }
 
+# A killed shim leaves its socket in /run/containerd/s; each task dir names its shim's socket.
+remove_shim_sockets() {
+  local dir address
+  for dir in $(task_dirs); do
+    address=$(cat "$dir/address" 2>/dev/null) || continue
+    [[ $address == unix:///run/containerd/s/* ]] && rm -f "${address#unix://}"
+  done
+}
+
 stop_processes() {
   local i
   stop_component kubelet
-  stop_runtime_pid_files init.pid
+  kill_container_inits
   kill_cgroup_members
   for ((i = ${#components[@]} - 1; i >= 0; i--)); do stop_component "${components[i]}"; done
-  stop_runtime_pid_files shim.pid
+  kill_cgroup_members
+  remove_shim_sockets
 }
 
 main() {

@@ -30,7 +30,8 @@ node_label=celeryoperator.dev/local-cluster=true
 # range, and up.sh blackholes it so a stray ClusterIP connection never leaves the machine.
 service_cidr=198.18.0.0/24
 service_ip=198.18.0.1
-cgroup_parent=celery-operator  # the kubelet's cgroup root: every pod lives under it
+cgroup_parent=celery-operator  # the kubelet's cgroup root: every pod lives under it,
+shim_cgroup=$cgroup_parent/shims  # and containerd's shims beside them, so down.sh finds them all
 
 pause_image=localhost/celery-operator/pause:3.10
 worker_image=localhost/celery-operator/worker:dev
@@ -47,8 +48,18 @@ ctr_cmd() { ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
 
 pid_file() { echo "$run_dir/$1.pid"; }
 
-# The kernel's start time of process $1 (field 22 of /proc/PID/stat, after the command name).
-process_start_time() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+# Fields of /proc/PID/stat after the command name: 1 is the state, 20 the start time.
+stat_field() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f"$2"; }
+
+process_start_time() { stat_field "$1" 20; }
+
+# Alive and not a zombie: a process that exited stays a zombie until its new parent (here, the
+# machine's init) reaps it, which can take seconds.
+process_running() {
+  local state
+  state=$(stat_field "$1" 1)
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
 
 # The PID recorded for component $1, printed only while that very process is alive: the file
 # holds "PID START_TIME", so a PID the kernel gave to another process since does not count.
@@ -56,7 +67,7 @@ component_pid() {
   local file=$run_dir/$1.pid pid started
   [ -s "$file" ] || return 1
   read -r pid started < "$file"
-  [ -n "$pid" ] && [ "$(process_start_time "$pid")" = "$started" ] || return 1
+  [ -n "$pid" ] && [ "$(process_start_time "$pid")" = "$started" ] && process_running "$pid" || return 1
   echo "$pid"
 }
 

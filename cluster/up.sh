@@ -71,18 +71,18 @@ start_kubelet() {
     --root-dir="$kubelet_dir" --hostname-override="$node_name" --node-labels="$node_label"
 }
 
-# The kubelet's cgroup root must exist in every v1 hierarchy; cpuset needs its CPUs and memory
-# nodes filled in before any process can join.
-make_cgroup_root() {
-  local hierarchy
+# The kubelet's cgroup root and the shims' cgroup must exist in every v1 hierarchy; cpuset needs
+# its CPUs and memory nodes filled in before any process can join.
+make_cgroups() {
+  local hierarchy group cpuset=/sys/fs/cgroup/cpuset
   for hierarchy in /sys/fs/cgroup/*/; do
-    [ -L "${hierarchy%/}" ] && continue
-    mkdir -p "$hierarchy$cgroup_parent"
+    [ -L "${hierarchy%/}" ] || mkdir -p "$hierarchy$shim_cgroup"
   done
-  if [ -d /sys/fs/cgroup/cpuset ]; then
-    cat /sys/fs/cgroup/cpuset/cpuset.cpus > "/sys/fs/cgroup/cpuset/$cgroup_parent/cpuset.cpus"
-    cat /sys/fs/cgroup/cpuset/cpuset.mems > "/sys/fs/cgroup/cpuset/$cgroup_parent/cpuset.mems"
-  fi
+  [ -d "$cpuset" ] || return 0
+  for group in "$cgroup_parent" "$shim_cgroup"; do
+    cat "$cpuset/cpuset.cpus" > "$cpuset/$group/cpuset.cpus"
+    cat "$cpuset/cpuset.mems" > "$cpuset/$group/cpuset.mems"
+  done
 }
 
 # The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops; down.sh puts the
@@ -101,7 +101,7 @@ prepare_state() {
   write_kubeconfig
   write_containerd_config
   write_kubelet_config
-  make_cgroup_root
+  make_cgroups
   blackhole_service_range
 }
 

@@ -21,24 +21,27 @@ CGROUP_PARENT = "celery-operator"  # cluster/lib.sh: the kubelet's cgroup root
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (field 22 of /proc/PID/stat), None when it is gone."""
+    """The kernel's start time of a running process (field 22 of /proc/PID/stat); None when it is
+    gone or a zombie (exited, waiting for init to reap it)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def recorded_processes(state_dir: Path) -> dict[int, str | None]:
-    """Every process the cluster recorded: its components and containerd's shims and containers."""
+    """Every process the cluster recorded: its components (PID files), containers (containerd's
+    init.pid files), and everything in its cgroups (containers and containerd's shims)."""
     processes: dict[int, str | None] = {}
     for file in (state_dir / "run").glob("*.pid"):
         recorded, started = file.read_text().split()
         processes[int(recorded)] = started
     tasks = state_dir / "containerd" / "state" / "io.containerd.runtime.v2.task"
-    for file in [*tasks.glob("*/*/shim.pid"), *tasks.glob("*/*/init.pid")]:
-        pid = int(file.read_text())
-        processes[pid] = start_time(pid)
+    members = [int(f.read_text()) for f in tasks.glob("*/*/init.pid")]
+    for procs in Path("/sys/fs/cgroup/pids", CGROUP_PARENT).glob("**/cgroup.procs"):
+        members.extend(int(line) for line in procs.read_text().split())
+    processes.update({pid: start_time(pid) for pid in members})
     return processes
 
 
