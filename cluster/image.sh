@@ -136,6 +136,7 @@ main() {
   fi
   import_image "$pause_image" "$pause/config.json" "$pause/layer.tar"
   import_image "$worker_image" "$project/config.json" "$base/layer.tar" "$project/layer.tar"
+  log "images ready in the cluster: $pause_image, $worker_image"
 }
 
 main "$@"
