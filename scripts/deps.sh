@@ -12,6 +12,8 @@ apt_packages=(
   debootstrap                  # builds the worker image's root filesystem
   openssl                      # the local cluster's certificates
   iptables conntrack ethtool socat util-linux mount  # what kubelet expects on the host
+  gcc libc6-dev                # the static pause program of the local cluster's sandbox image
+  curl iproute2                # the local cluster's readiness checks and its blackhole route
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
