@@ -44,7 +44,10 @@ def normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def write_layer(rootfs: Path, out: Path) -> str:
     tmp = out.with_suffix(".tmp")
-    with tmp.open("wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        tmp.open("wb") as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for path in walk_sorted(rootfs):
             tar.add(path, arcname=str(path.relative_to(rootfs)), recursive=False, filter=normalized)
     digest = "sha256:" + file_sha256(tmp)
@@ -94,7 +97,9 @@ class Image:
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": self.descriptor(
-                "application/vnd.oci.image.config.v1+json", self.config_digest, len(self.config_bytes)
+                "application/vnd.oci.image.config.v1+json",
+                self.config_digest,
+                len(self.config_bytes),
             ),
             "layers": [
                 self.descriptor("application/vnd.oci.image.layer.v1.tar", d, p.stat().st_size)
