@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stops the local cluster and removes its state: every process up.sh started (by its PID file,
-# never by name), the pods' containers and their containerd shims (by the PID files containerd
-# keeps under the state dir), every mount under the state dir, the kubelet's cgroups, the
-# blackhole route; then puts back the host settings the kubelet changed. Safe to run twice.
+# never by name), the pods' containers (by containerd's init.pid files) and whatever else runs in
+# our cgroups (containers, containerd's shims), every mount under the state dir, our cgroups, the
+# shim sockets, the blackhole route; then puts back the host settings the kubelet changed.
+# Safe to run twice.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -11,7 +12,7 @@ stop_pid() {
   local pid=$1 deadline=$((SECONDS + 10))
   kill -TERM "$pid" 2>/dev/null || return 0
   while process_running "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  ! process_running "$pid" || kill -KILL "$pid" 2>/dev/null || true
 }
 
 stop_component() {
@@ -84,7 +85,7 @@ remove_shim_sockets() {
   local dir address
   for dir in $(task_dirs); do
     address=$(cat "$dir/address" 2>/dev/null) || continue
-    [[ $address == unix:///run/containerd/s/* ]] && rm -f "${address#unix://}"
+    if [[ $address == unix:///run/containerd/s/* ]]; then rm -f "${address#unix://}"; fi
   done
 }
 
@@ -99,6 +100,7 @@ stop_processes() {
 }
 
 main() {
+  take_lock
   [ -d "$state_dir" ] || { log "no cluster state in $state_dir: nothing to stop"; return 0; }
   shopt -s globstar nullglob
   stop_processes

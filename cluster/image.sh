@@ -123,6 +123,7 @@ import_image() {
 }
 
 main() {
+  take_lock
   mkdir -p "$images_cache"
   local pause base project
   pause=$(build_pause)

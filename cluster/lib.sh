@@ -39,6 +39,17 @@ worker_image=localhost/celery-operator/worker:dev
 # The processes up.sh starts, in start order; down.sh stops them in reverse.
 components=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
+# One up.sh or down.sh at a time on this machine (several engineers and test runs share it). The
+# lock file sits beside the state dir, which down.sh removes; a script run by one that holds the
+# lock (up.sh running down.sh or image.sh) inherits it through the environment.
+take_lock() {
+  [ -n "${CELERY_OPERATOR_CLUSTER_LOCKED:-}" ] && return 0
+  mkdir -p "$(dirname "$state_dir")"
+  exec 9>"$state_dir.lock"
+  flock 9
+  export CELERY_OPERATOR_CLUSTER_LOCKED=1
+}
+
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 

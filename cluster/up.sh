@@ -16,11 +16,11 @@ cluster_healthy() {
   apiserver_ready
 }
 
-# start NAME COMMAND...: runs it in its own session, output to logs/NAME.log, and records
-# "PID START_TIME" so down.sh never signals a recycled PID.
+# start NAME COMMAND...: runs it in its own session, output to logs/NAME.log, without our lock's
+# file descriptor, and records "PID START_TIME" so down.sh never signals a recycled PID.
 start() {
   local name=$1 && shift
-  setsid "$@" >>"$log_dir/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$log_dir/$name.log" 2>&1 </dev/null 9>&- &
   echo "$! $(process_start_time $!)" > "$(pid_file "$name")"
 }
 
@@ -135,7 +135,7 @@ fail() {
 }
 
 start_cluster() {
-  k8s=$(k8s_binary)
+  k8s=$(k8s_binary) || die "building the Kubernetes binary failed (cluster/k8s/build.sh)"
   prepare_state
   start_etcd
   start_containerd
@@ -153,6 +153,7 @@ start_cluster() {
 }
 
 main() {
+  take_lock
   if cluster_healthy; then
     log "reusing the running cluster in $state_dir"
     "$cluster_src/image.sh" import

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from kubernetes.config import kube_config
 
 from tests.e2e.kube import describe_pod, pod_ready, wait_for
 
@@ -67,8 +68,15 @@ def _cluster() -> tuple[str, bool]:
     if given:
         return given, False
     path, started = _start_local_cluster()
-    os.environ["KUBECONFIG"] = path
+    _make_default_kubeconfig(path)
     return path, started
+
+
+def _make_default_kubeconfig(path: str) -> None:
+    """Point every later client at ``path``: ``$KUBECONFIG`` for new processes and Kopf, and the
+    kubernetes package's default location, which it read from ``$KUBECONFIG`` once, on import."""
+    os.environ["KUBECONFIG"] = path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
 
 
 def _start_local_cluster() -> tuple[str, bool]:
