@@ -205,6 +205,10 @@ def _pod_template(
         "spec": {
             "containers": [container],
             "terminationGracePeriodSeconds": grace,
+            # Celery must not be PID 1: the kernel drops a SIGTERM that PID 1 has no handler
+            # for yet, so a pod deleted while Celery starts would wait out its whole grace
+            # period. With a shared process namespace the sandbox's pause process is PID 1.
+            "shareProcessNamespace": True,
             "enableServiceLinks": False,
             "hostNetwork": pod.host_network,
             # Under host networking pods still resolve cluster names through the cluster DNS.

@@ -333,7 +333,7 @@ def test_removed_pool_and_deleted_cluster_leave_nothing(
     clusters.patch_spec("demo", {"workers": spec["workers"][:1]})
     wait_for(
         lambda: set(clusters.deployments()) == {"demo-worker-default"},
-        timeout=60,
+        timeout=120,
         message="removed pool's Deployment not deleted",
     )
 
@@ -445,8 +445,7 @@ def test_invalid_specs_are_rejected_or_degraded_and_the_operator_stays_healthy(
         assert message.startswith(field), f"{case}: {message}"
 
     assert not clusters.deployments(), "a degraded cluster created children"
-    assert _healthy(liveness_port)
-    assert "Traceback" not in operator.output
+    assert _healthy(liveness_port)  # and the fixture checks its log for tracebacks at the end
 
 
 def test_a_spec_that_breaks_later_deletes_nothing_that_runs(

@@ -167,3 +167,8 @@ def test_any_spec_change_changes_the_hash_of_the_affected_child_only() -> None:
         if o["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] != hashes[n]
     }
     assert changed == {"demo-worker-reports"}
+
+
+def test_celery_is_not_pid_1_so_an_early_sigterm_is_not_ignored() -> None:
+    for obj in _children(minimal_spec()).values():
+        assert obj["spec"]["template"]["spec"]["shareProcessNamespace"] is True
