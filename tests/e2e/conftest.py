@@ -9,7 +9,8 @@ Session fixtures
         tails; e2e tests are never skipped for want of a cluster.
     ``suite_owns_cluster`` -> bool
         True when this run started the local cluster itself (no ``$KUBECONFIG``, none was running):
-        only then does ``test_zz_cluster_down.py`` tear it down.
+        only then does ``test_zz_cluster_down.py`` tear it down, and only if no other test session
+        registered as its user still runs.
     ``api_client`` -> kubernetes.client.ApiClient
         A client loaded from ``kubeconfig``.
     ``worker_image`` -> str
@@ -49,7 +50,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.config import kube_config
 
-from tests.e2e.kube import describe_pod, pod_ready, wait_for
+from tests.e2e.kube import describe_pod, pod_ready, process_start_time, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UP = ROOT / "cluster" / "up.sh"
@@ -66,10 +67,23 @@ def _cluster() -> tuple[str, bool]:
     """(kubeconfig path, whether this run started the cluster)."""
     given = os.environ.get("KUBECONFIG")
     if given:
+        _register_session(given)
         return given, False
     path, started = _start_local_cluster()
     _make_default_kubeconfig(path)
+    _register_session(path)
     return path, started
+
+
+def _register_session(kubeconfig: str) -> None:
+    """On the local cluster, record this test process as a user (PID and start time), so that
+    another session's final teardown leaves the cluster running while this one needs it."""
+    state_dir = Path(kubeconfig).parent
+    if not (state_dir / "run").is_dir():
+        return
+    sessions = state_dir / "sessions"
+    sessions.mkdir(exist_ok=True)
+    (sessions / str(os.getpid())).write_text(process_start_time(os.getpid()) or "")
 
 
 def _make_default_kubeconfig(path: str) -> None:

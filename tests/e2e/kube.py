@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -101,3 +102,13 @@ def pod_ready(api_client: client.ApiClient, namespace: str, name: str) -> bool:
     pod = client.CoreV1Api(api_client).read_namespaced_pod(name, namespace)
     conditions = (pod.status and pod.status.conditions) or []
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a running process (field 22 of /proc/PID/stat); None when it is
+    gone or a zombie (exited, waiting to be reaped). With the PID it names one process for good."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]

@@ -1,7 +1,8 @@
 """`make cluster-down` leaves nothing behind. Runs after every other e2e test (file order).
 
-Only a cluster this run started is torn down: a cluster given by ``$KUBECONFIG``, or one already
-running when the suite began (a developer's `make cluster`), is left alone.
+Only a cluster this run started is torn down: a cluster given by ``$KUBECONFIG``, one already
+running when the suite began (a developer's `make cluster`), or one that another test session
+still uses (sessions register in ``<state>/sessions``) is left alone.
 """
 
 from __future__ import annotations
@@ -14,20 +15,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.kube import pod_ready, wait_for
+from tests.e2e.kube import pod_ready, process_start_time, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CGROUP_PARENT = "celery-operator"  # cluster/lib.sh: the kubelet's cgroup root
-
-
-def start_time(pid: int) -> str | None:
-    """The kernel's start time of a running process (field 22 of /proc/PID/stat); None when it is
-    gone or a zombie (exited, waiting for init to reap it)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def recorded_processes(state_dir: Path) -> dict[int, str | None]:
@@ -41,8 +32,18 @@ def recorded_processes(state_dir: Path) -> dict[int, str | None]:
     members = [int(f.read_text()) for f in tasks.glob("*/*/init.pid")]
     for procs in Path("/sys/fs/cgroup/pids", CGROUP_PARENT).glob("**/cgroup.procs"):
         members.extend(int(line) for line in procs.read_text().split())
-    processes.update({pid: start_time(pid) for pid in members})
+    processes.update({pid: process_start_time(pid) for pid in members})
     return processes
+
+
+def other_sessions(state_dir: Path) -> list[int]:
+    """Test sessions, other than this one, that registered as users of the cluster and still run."""
+    users = []
+    for file in (state_dir / "sessions").glob("*"):
+        pid = int(file.name)
+        if pid != os.getpid() and process_start_time(pid) == file.read_text():
+            users.append(pid)
+    return users
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -76,6 +77,8 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
     if not suite_owns_cluster:
         pytest.skip("this run did not start the cluster ($KUBECONFIG given or already running)")
     state_dir = Path(kubeconfig).parent
+    if others := other_sessions(state_dir):
+        pytest.skip(f"other test sessions (PIDs {others}) still use the cluster: left running")
     run_a_pod_with_a_volume(api_client, worker_image)
     processes = recorded_processes(state_dir)
     assert len(processes) > 6, processes  # six components, plus a shim and two containers
@@ -88,7 +91,9 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
         env={**os.environ, "CELERY_OPERATOR_CLUSTER_DIR": str(state_dir)},
     )
 
-    alive = {pid for pid, started in processes.items() if started and start_time(pid) == started}
+    alive = {
+        pid for pid, started in processes.items() if started and process_start_time(pid) == started
+    }
     assert not alive, f"still running after down: {alive}"
     assert not mounts_under(state_dir)
     assert not state_dir.exists()
