@@ -7,5 +7,12 @@ cd "$(dirname "$0")/.."
 
 echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy (strict)" && .venv/bin/mypy
+if [ -z "${KUBECONFIG:-}" ]; then
+  # The slow, cached builds (Kubernetes from Go modules, the worker image) happen here, not
+  # inside a test's timeout; the e2e fixtures then start the cluster in seconds.
+  echo "== building the local cluster's components and images (cached)"
+  cluster/k8s/build.sh >/dev/null
+  cluster/image.sh >/dev/null
+fi
 echo "== pytest: unit, integration, e2e"
 exec .venv/bin/python -m pytest tests/unit tests/integration tests/e2e "$@"

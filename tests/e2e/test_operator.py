@@ -1,7 +1,7 @@
 """The operator end to end: a real API server, real controllers, a real kubelet, real Celery.
 
-The operator runs in this process through ``kopf.testing.KopfRunner`` (cluster-wide), each test
-in a namespace of its own. Nothing waits by sleeping: every check polls a condition.
+The operator runs in this process through ``kopf.testing.KopfRunner``, each test in a namespace
+of its own that it alone watches. Nothing waits by sleeping: every check polls a condition.
 """
 
 from __future__ import annotations
@@ -70,17 +70,20 @@ def crd(api_client: client.ApiClient) -> None:
     wait_for(established, timeout=30, message="CRD not established")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def liveness_port() -> int:
     return _free_port()
 
 
-@pytest.fixture(scope="module")
-def operator(crd: None, kubeconfig: str, liveness_port: int) -> Iterator[KopfRunner]:
-    """The real operator, in this process, watching every namespace."""
+@pytest.fixture
+def operator(
+    crd: None, kubeconfig: str, namespace: str, liveness_port: int
+) -> Iterator[KopfRunner]:
+    """The real operator, in this process, watching the test's namespace only: test sessions
+    sharing one cluster then never reconcile each other's clusters."""
     os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
     args = [
-        "run", "--all-namespaces", "--standalone", "--verbose",
+        "run", f"--namespace={namespace}", "--standalone", "--verbose",
         f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
         "-m", "celery_operator.handlers",
     ]  # fmt: skip
