@@ -7,6 +7,7 @@ of its own that it alone watches. Nothing waits by sleeping: every check polls a
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import os
 import socket
@@ -21,7 +22,8 @@ import redis
 import yaml
 from celery import Celery
 from kopf.testing import KopfRunner
-from kubernetes import client
+from kubernetes import client, utils
+from kubernetes.config import kube_config
 
 from celery_operator import GROUP, PLURAL, VERSION, naming
 from celery_operator.handlers import backlog_reader
@@ -81,6 +83,10 @@ def operator(
 ) -> Iterator[KopfRunner]:
     """The real operator, in this process, watching the test's namespace only: test sessions
     sharing one cluster then never reconcile each other's clusters."""
+    yield from _run_operator(namespace, liveness_port)
+
+
+def _run_operator(namespace: str, liveness_port: int) -> Iterator[KopfRunner]:
     os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
     args = [
         "run", f"--namespace={namespace}", "--standalone", "--verbose",
@@ -470,3 +476,100 @@ def test_a_spec_that_breaks_later_deletes_nothing_that_runs(
         clusters.namespace, field_selector="involvedObject.name=demo"
     ).items
     assert any(e.type == "Warning" and e.reason == "BrokerSecretMissing" for e in events)
+
+
+@pytest.fixture
+def operator_with_deployed_rbac(
+    crd: None,
+    kubeconfig: str,
+    api_client: client.ApiClient,
+    namespace: str,
+    liveness_port: int,
+    tmp_path: Path,
+) -> Iterator[KopfRunner]:
+    """The operator logged in as its ServiceAccount from deploy/, with only deploy/rbac.yaml's
+    permissions: a verb the code needs and the role lacks shows up as a 403 here."""
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    for delete in (rbac.delete_cluster_role, rbac.delete_cluster_role_binding):
+        try:  # the role as this checkout has it, never one left by an older run
+            delete("celery-operator")
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+    for path in (ROOT / "deploy" / "namespace.yaml", ROOT / "deploy" / "rbac.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            try:
+                utils.create_from_dict(  # type: ignore[no-untyped-call]
+                    api_client, doc, namespace="celery-operator"
+                )
+            except utils.FailToCreateError as error:
+                if any(e.status != 409 for e in error.api_exceptions):
+                    raise
+    token = client.CoreV1Api(api_client).create_namespaced_service_account_token(
+        "celery-operator",
+        "celery-operator",
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    )
+    assert token.status is not None
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
+    scoped = tmp_path / "operator.kubeconfig"
+    scoped.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "operator", "user": {"token": token.status.token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": cluster["name"], "user": "operator"},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    with _kubeconfig_for_this_process(str(scoped), kubeconfig):
+        yield from _run_operator(namespace, liveness_port)
+    rbac.delete_cluster_role("celery-operator")  # leave nothing behind
+    rbac.delete_cluster_role_binding("celery-operator")
+    client.CoreV1Api(api_client).delete_namespace("celery-operator")
+
+
+@contextlib.contextmanager
+def _kubeconfig_for_this_process(path: str, previous: str) -> Iterator[None]:
+    """Point Kopf and the kubernetes package (which reads $KUBECONFIG on import) at ``path``."""
+    os.environ["KUBECONFIG"] = path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+    try:
+        yield
+    finally:
+        os.environ["KUBECONFIG"] = previous
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = previous
+
+
+def test_the_operator_needs_no_more_than_the_deployed_rbac(
+    operator_with_deployed_rbac: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+) -> None:
+    spec = sample_spec()
+    spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
+    clusters.create("demo", spec)
+    clusters.wait_phase("demo", "Available")
+    assert clusters.get("demo")["status"]["backlog"] >= 0  # the Secret was readable
+    clusters.patch_spec("demo", {"workers": spec["workers"][:1]})  # a delete
+    wait_for(
+        lambda: set(clusters.deployments()) == {"demo-worker-default"},
+        timeout=120,
+        message="removed pool's Deployment not deleted",
+    )
+    events = clusters.core.list_namespaced_event(
+        clusters.namespace, field_selector="involvedObject.name=demo"
+    ).items
+    assert any(e.reason == "Deleted" for e in events), "the operator could not post Events"
