@@ -249,23 +249,16 @@ def _parse_pool(r: _Reader) -> WorkerPool:
     return WorkerPool(
         name=name,
         queues=queues,
-        replicas=_required_int(r.integer("replicas", default=DEFAULT_REPLICAS, low=0)),
-        concurrency=_required_int(
-            r.integer("concurrency", default=DEFAULT_CONCURRENCY, low=1, high=1000)
-        ),
+        replicas=r.integer_or("replicas", DEFAULT_REPLICAS, low=0),
+        concurrency=r.integer_or("concurrency", DEFAULT_CONCURRENCY, low=1, high=1000),
         pool=r.choice("pool", POOL_TYPES, DEFAULT_POOL),
         prefetch_multiplier=r.integer("prefetchMultiplier", low=1),
         max_tasks_per_child=r.integer("maxTasksPerChild", low=1),
         max_memory_per_child_kib=r.integer("maxMemoryPerChild", low=1),
         soft_time_limit_seconds=soft,
         time_limit_seconds=hard,
-        termination_grace_period_seconds=_required_int(
-            r.integer(
-                "terminationGracePeriodSeconds",
-                default=DEFAULT_WORKER_GRACE_SECONDS,
-                low=1,
-                high=86400,
-            )
+        termination_grace_period_seconds=r.integer_or(
+            "terminationGracePeriodSeconds", DEFAULT_WORKER_GRACE_SECONDS, low=1, high=86400
         ),
         placement=_parse_placement(r),
     )
@@ -279,13 +272,8 @@ def _parse_beat(r: _Reader) -> Beat:
         persistence=persistence.choice("type", PERSISTENCE_TYPES, DEFAULT_BEAT_PERSISTENCE),
         storage_class_name=persistence.optional_string("storageClassName"),
         persistence_size=str(persistence.raw.get("size", DEFAULT_BEAT_PERSISTENCE_SIZE)),
-        termination_grace_period_seconds=_required_int(
-            r.integer(
-                "terminationGracePeriodSeconds",
-                default=DEFAULT_BEAT_GRACE_SECONDS,
-                low=1,
-                high=3600,
-            )
+        termination_grace_period_seconds=r.integer_or(
+            "terminationGracePeriodSeconds", DEFAULT_BEAT_GRACE_SECONDS, low=1, high=3600
         ),
         placement=_parse_placement(r),
     )
@@ -322,11 +310,6 @@ def _named(r: _Reader, *required: str) -> Mapping[str, Json]:
     for key in required:
         r.string(key, required=True, min_length=1)
     return r.raw
-
-
-def _required_int(value: int | None) -> int:
-    assert value is not None  # a default was given
-    return value
 
 
 def _first(value: _T | None, fallback: _T | None) -> _T | None:
@@ -410,6 +393,13 @@ class _Reader:
         if high is not None and value > high:
             raise SpecError(where, f"must be ≤ {high} (got {value})")
         return value
+
+    def integer_or(
+        self, key: str, default: int, *, low: int | None = None, high: int | None = None
+    ) -> int:
+        """Like :meth:`integer`, with a default, so never None."""
+        value = self.integer(key, low=low, high=high)
+        return default if value is None else value
 
     def integers(
         self, key: str, *, default: tuple[int, ...], low: int, high: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,7 @@ from celery_operator import spec as specmod
 from celery_operator.queues import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR
 from celery_operator.spec import parse_cluster
 from tests.unit.samples import full_spec, minimal_spec
-
-CRD = Path(__file__).resolve().parents[2] / "crds" / "celeryoperator.dev_celeryclusters.yaml"
+from tests.unit.test_crd_schema import CRD, with_defaults
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +30,12 @@ def _at(schema: dict[str, Any], path: str) -> dict[str, Any]:
     return node
 
 
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Default ``value`` the way the API server does: objects and array items, recursively."""
-    if value is None:
-        if "default" not in schema:
-            return None
-        value = copy.deepcopy(schema["default"])
-    if isinstance(value, dict) and "properties" in schema:
-        for key, sub in schema["properties"].items():
-            defaulted = apply_defaults(sub, value.get(key))
-            if defaulted is not None:
-                value[key] = defaulted
-    if isinstance(value, list) and "items" in schema:
-        value = [apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
 @pytest.mark.parametrize("make", [minimal_spec, full_spec])
 def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
     schema: dict[str, Any], make: Any
 ) -> None:
     raw = make()
-    defaulted = apply_defaults(schema, copy.deepcopy(raw))
+    defaulted = with_defaults(schema, copy.deepcopy(raw))
     assert defaulted != raw  # the schema did default something
     assert parse_cluster("demo", defaulted) == parse_cluster("demo", raw)
 
