@@ -76,13 +76,16 @@ def celery_worker(redis_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
     started: list[CeleryProcess] = []
     apps: list[Celery] = []
 
-    def start(*args: str, name: str = "worker", env: Mapping[str, str] = {}) -> CeleryProcess:
+    def start(
+        *args: str, name: str = "worker", env: Mapping[str, str] = {}, probes: bool = False
+    ) -> CeleryProcess:
         node = f"{name}@integration"
         full_env = demo_env(redis_url, env)
         worker = start_celery(
             ["worker", "-n", node, "--loglevel=INFO", *args],
             full_env,
             tmp_path / f"{name}.log",
+            probes=probes,
         )
         worker.node = node
         started.append(worker)
@@ -106,11 +109,12 @@ def celery_beat(redis_url: str, tmp_path: Path) -> Iterator[BeatFactory]:
     """
     started: list[CeleryProcess] = []
 
-    def start(*args: str, env: Mapping[str, str] = {}) -> CeleryProcess:
+    def start(*args: str, env: Mapping[str, str] = {}, probes: bool = False) -> CeleryProcess:
         beat = start_celery(
             ["beat", "-s", str(tmp_path / "schedule"), "--pidfile=", "--loglevel=INFO", *args],
             demo_env(redis_url, env),
             tmp_path / "beat.log",
+            probes=probes,
         )
         started.append(beat)
 

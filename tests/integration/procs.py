@@ -217,19 +217,27 @@ class WorkerFactory(Protocol):
     """The ``celery_worker`` fixture: starts a worker and returns once it answers ping."""
 
     def __call__(
-        self, *args: str, name: str = ..., env: Mapping[str, str] = ...
+        self, *args: str, name: str = ..., env: Mapping[str, str] = ..., probes: bool = ...
     ) -> CeleryProcess: ...
 
 
 class BeatFactory(Protocol):
     """The ``celery_beat`` fixture: starts beat and returns once it is starting."""
 
-    def __call__(self, *args: str, env: Mapping[str, str] = ...) -> CeleryProcess: ...
+    def __call__(
+        self, *args: str, env: Mapping[str, str] = ..., probes: bool = ...
+    ) -> CeleryProcess: ...
 
 
-def start_celery(args: Sequence[str], env: Mapping[str, str], log: Path) -> CeleryProcess:
-    """Start ``celery -A celery_demo *args`` in its own session, output appended to ``log``."""
-    command = [sys.executable, "-m", "celery", "-A", "celery_demo", *args]
+def start_celery(
+    args: Sequence[str], env: Mapping[str, str], log: Path, *, probes: bool = False
+) -> CeleryProcess:
+    """Start ``celery -A celery_demo *args`` in its own session, output appended to ``log``.
+
+    With ``probes`` it starts through ``celery-probe run``, as the operator's pods do.
+    """
+    launcher = ["celery_probes.cli", "run"] if probes else ["celery"]
+    command = [sys.executable, "-m", *launcher, "-A", "celery_demo", *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(
             command,
