@@ -33,6 +33,13 @@ DEFAULT_BEAT_GRACE_SECONDS: Final = 30
 DEFAULT_BEAT_PERSISTENCE: Final = "emptyDir"
 DEFAULT_BEAT_PERSISTENCE_SIZE: Final = "64Mi"
 
+DEFAULT_STARTUP_TIMEOUT_SECONDS: Final = 120
+"""How long a worker or beat may take to start (imports, broker) before liveness counts."""
+DEFAULT_BROKER_GRACE_SECONDS: Final = 30
+"""How long a worker may be without its broker and still count as alive (the probes' default)."""
+DEFAULT_PROBE_TIMEOUT_SECONDS: Final = 5
+"""A check takes about 30 ms; five seconds leave room for a node under load."""
+
 POOL_TYPES: Final = ("prefork", "threads", "solo", "gevent", "eventlet")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 PERSISTENCE_TYPES: Final = ("emptyDir", "persistentVolumeClaim")
@@ -130,6 +137,34 @@ class Beat:
 
 
 @dataclass(frozen=True)
+class ProbeTiming:
+    """When the kubelet runs one check, and how many failures in a row fail the probe."""
+
+    period_seconds: int
+    failure_threshold: int
+    enabled: bool = True
+    timeout_seconds: int = DEFAULT_PROBE_TIMEOUT_SECONDS
+
+
+DEFAULT_WORKER_LIVENESS: Final = ProbeTiming(period_seconds=10, failure_threshold=3)
+"""A stopped or blocked worker is restarted within about 35 s (5 s of heartbeat, 3 x 10 s)."""
+DEFAULT_WORKER_READINESS: Final = ProbeTiming(period_seconds=5, failure_threshold=2)
+DEFAULT_BEAT_LIVENESS: Final = ProbeTiming(period_seconds=10, failure_threshold=3)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The ``celery-probe`` checks the pods get (see ``probes/``); ``enabled: false`` opts out."""
+
+    enabled: bool = True
+    startup_timeout_seconds: int = DEFAULT_STARTUP_TIMEOUT_SECONDS
+    broker_grace_seconds: int = DEFAULT_BROKER_GRACE_SECONDS
+    worker_liveness: ProbeTiming = DEFAULT_WORKER_LIVENESS
+    worker_readiness: ProbeTiming = DEFAULT_WORKER_READINESS
+    beat_liveness: ProbeTiming = DEFAULT_BEAT_LIVENESS
+
+
+@dataclass(frozen=True)
 class Broker:
     """Where the broker URL lives (a Secret key) and how the app's transport names queue keys."""
 
@@ -152,6 +187,7 @@ class ClusterSpec:
     env_from: tuple[Mapping[str, Json], ...] = ()
     pod: PodOverrides = field(default_factory=PodOverrides)
     beat: Beat = field(default_factory=Beat)
+    probes: Probes = field(default_factory=Probes)
 
     def pool(self, name: str) -> WorkerPool:
         """The pool called ``name``; KeyError when there is none."""
@@ -208,6 +244,7 @@ def parse_cluster(name: str, spec: Mapping[str, Json]) -> ClusterSpec:
         env_from=env_from,
         pod=pod,
         beat=beat,
+        probes=_parse_probes(r.object("probes")),
     )
 
 
@@ -277,6 +314,38 @@ def _parse_beat(r: _Reader) -> Beat:
         ),
         placement=_parse_placement(r),
     )
+
+
+def _parse_probes(r: _Reader) -> Probes:
+    return Probes(
+        enabled=r.boolean("enabled", default=True),
+        startup_timeout_seconds=r.integer_or(
+            "startupTimeoutSeconds", DEFAULT_STARTUP_TIMEOUT_SECONDS, low=2, high=3600
+        ),
+        broker_grace_seconds=r.integer_or(
+            "brokerGraceSeconds", DEFAULT_BROKER_GRACE_SECONDS, low=0, high=3600
+        ),
+        worker_liveness=_parse_timing(r.object("workerLiveness"), DEFAULT_WORKER_LIVENESS),
+        worker_readiness=_parse_timing(r.object("workerReadiness"), DEFAULT_WORKER_READINESS),
+        beat_liveness=_parse_timing(r.object("beatLiveness"), DEFAULT_BEAT_LIVENESS),
+    )
+
+
+def _parse_timing(r: _Reader, default: ProbeTiming) -> ProbeTiming:
+    timing = ProbeTiming(
+        enabled=r.boolean("enabled", default=default.enabled),
+        period_seconds=r.integer_or("periodSeconds", default.period_seconds, low=1, high=3600),
+        timeout_seconds=r.integer_or("timeoutSeconds", default.timeout_seconds, low=1, high=3600),
+        failure_threshold=r.integer_or(
+            "failureThreshold", default.failure_threshold, low=1, high=100
+        ),
+    )
+    if timing.timeout_seconds > timing.period_seconds:
+        raise SpecError(
+            f"{r.path}.timeoutSeconds",
+            f"must not exceed periodSeconds ({timing.timeout_seconds} > {timing.period_seconds})",
+        )
+    return timing
 
 
 def _parse_placement(r: _Reader) -> Placement:

@@ -39,7 +39,7 @@ def test_beat_disabled_builds_no_statefulset() -> None:
 def test_worker_command_line() -> None:
     worker = _children(full_spec())["demo-worker-default"]
     container = _container(worker)
-    assert container["command"] == ["celery"]
+    assert container["command"] == ["celery-probe", "run"]
     assert container["args"] == [
         "-A", "proj.celery:app", "worker",
         "--hostname", "default@$(POD_NAME)",
@@ -64,7 +64,10 @@ def test_beat_is_a_single_replica_statefulset_with_its_schedule_volume() -> None
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["podManagementPolicy"] == "OrderedReady"
     volumes = beat["spec"]["template"]["spec"]["volumes"]
-    assert volumes == [{"name": builders.BEAT_SCHEDULE_VOLUME, "emptyDir": {}}]
+    assert volumes == [
+        {"name": builders.BEAT_SCHEDULE_VOLUME, "emptyDir": {}},
+        {"name": builders.PROBE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
     assert "volumeClaimTemplates" not in beat["spec"]
 
 
@@ -75,7 +78,8 @@ def test_beat_persistent_volume_claim() -> None:
     beat = _children(spec)["demo-beat"]
     claims = beat["spec"]["volumeClaimTemplates"]
     assert claims[0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
-    assert "volumes" not in beat["spec"]["template"]["spec"]
+    volumes = beat["spec"]["template"]["spec"]["volumes"]
+    assert [v["name"] for v in volumes] == [builders.PROBE_STATE_VOLUME]
 
 
 def test_broker_url_comes_from_the_secret_and_transport_options_as_json() -> None:
@@ -172,3 +176,75 @@ def test_any_spec_change_changes_the_hash_of_the_affected_child_only() -> None:
 def test_celery_is_not_pid_1_so_an_early_sigterm_is_not_ignored() -> None:
     for obj in _children(minimal_spec()).values():
         assert obj["spec"]["template"]["spec"]["shareProcessNamespace"] is True
+
+
+def test_workers_get_startup_liveness_and_readiness_exec_probes() -> None:
+    container = _container(_children(full_spec())["demo-worker-default"])
+    assert container["livenessProbe"] == {
+        "exec": {"command": ["celery-probe", "worker-live", "--broker-grace", "30"]},
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+        "successThreshold": 1,
+    }
+    ready = container["readinessProbe"]
+    assert ready["exec"]["command"] == [
+        "celery-probe", "worker-ready", "--queues", "celery,emails"
+    ]  # fmt: skip
+    assert (ready["periodSeconds"], ready["failureThreshold"]) == (5, 2)
+    startup = container["startupProbe"]
+    assert startup["exec"]["command"] == ["celery-probe", "worker-live"]
+    # 120 s of startup at one check every 2 s.
+    assert (startup["periodSeconds"], startup["failureThreshold"]) == (2, 60)
+    assert _env(_children(full_spec())["demo-worker-default"])["CELERY_PROBE_DIR"] == (
+        builders.PROBE_STATE_DIR
+    )
+    assert {"name": builders.PROBE_STATE_VOLUME, "mountPath": builders.PROBE_STATE_DIR} in (
+        container["volumeMounts"]
+    )
+
+
+def test_beat_gets_a_liveness_probe_and_a_bounded_sleep() -> None:
+    container = _container(_children(full_spec())["demo-beat"])
+    assert container["command"] == ["celery-probe", "run"]
+    assert container["livenessProbe"]["exec"]["command"] == ["celery-probe", "beat-live"]
+    assert "readinessProbe" not in container
+    args = container["args"]
+    assert args[args.index("--max-interval") + 1] == str(builders.BEAT_MAX_INTERVAL_SECONDS)
+
+
+def test_probe_timings_come_from_the_spec() -> None:
+    spec = with_changes(
+        full_spec(),
+        "probes",
+        {
+            "startupTimeoutSeconds": 301,
+            "brokerGraceSeconds": 0,
+            "workerLiveness": {"periodSeconds": 20, "failureThreshold": 5, "timeoutSeconds": 2},
+            "workerReadiness": {"enabled": False},
+        },
+    )
+    container = _container(_children(spec)["demo-worker-default"])
+    live = container["livenessProbe"]
+    assert live["exec"]["command"][-1] == "0"
+    assert (live["periodSeconds"], live["failureThreshold"], live["timeoutSeconds"]) == (20, 5, 2)
+    assert container["startupProbe"]["failureThreshold"] == 151  # rounded up: never shorter
+    assert "readinessProbe" not in container
+
+
+def test_probes_opt_out_runs_plain_celery_without_probes() -> None:
+    children = _children(with_changes(full_spec(), "probes", {"enabled": False}))
+    for child in children.values():
+        container = _container(child)
+        assert container["command"] == ["celery"]
+        assert not {"livenessProbe", "readinessProbe", "startupProbe"} & container.keys()
+        assert "CELERY_PROBE_DIR" not in _env(child)
+        volumes = child["spec"]["template"]["spec"].get("volumes", [])
+        assert builders.PROBE_STATE_VOLUME not in [v["name"] for v in volumes]
+    assert "--max-interval" not in _container(children["demo-beat"])["args"]
+
+
+def test_user_max_interval_comes_after_the_operators() -> None:
+    spec = with_changes(full_spec(), "beat.extraArgs", ["--max-interval", "60"])
+    args = _container(_children(spec)["demo-beat"])["args"]
+    assert args[-2:] == ["--max-interval", "60"]  # Celery takes the last one

@@ -30,6 +30,15 @@ def _at(schema: dict[str, Any], path: str) -> dict[str, Any]:
     return node
 
 
+def _timing_defaults(name: str, timing: specmod.ProbeTiming) -> list[tuple[str, Any]]:
+    return [
+        (f"probes.{name}.enabled", timing.enabled),
+        (f"probes.{name}.periodSeconds", timing.period_seconds),
+        (f"probes.{name}.timeoutSeconds", timing.timeout_seconds),
+        (f"probes.{name}.failureThreshold", timing.failure_threshold),
+    ]
+
+
 @pytest.mark.parametrize("make", [minimal_spec, full_spec])
 def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
     schema: dict[str, Any], make: Any
@@ -57,6 +66,12 @@ def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
         ("beat.terminationGracePeriodSeconds", specmod.DEFAULT_BEAT_GRACE_SECONDS),
         ("beat.persistence.type", specmod.DEFAULT_BEAT_PERSISTENCE),
         ("beat.persistence.size", specmod.DEFAULT_BEAT_PERSISTENCE_SIZE),
+        ("probes.enabled", True),
+        ("probes.startupTimeoutSeconds", specmod.DEFAULT_STARTUP_TIMEOUT_SECONDS),
+        ("probes.brokerGraceSeconds", specmod.DEFAULT_BROKER_GRACE_SECONDS),
+        *_timing_defaults("workerLiveness", specmod.DEFAULT_WORKER_LIVENESS),
+        *_timing_defaults("workerReadiness", specmod.DEFAULT_WORKER_READINESS),
+        *_timing_defaults("beatLiveness", specmod.DEFAULT_BEAT_LIVENESS),
     ],
 )
 def test_default(schema: dict[str, Any], path: str, expected: Any) -> None:

@@ -24,6 +24,10 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
     assert spec.broker.keys == KeyScheme()
     assert spec.beat.enabled
     assert spec.beat.persistence == "emptyDir"
+    assert spec.probes.enabled
+    assert (spec.probes.startup_timeout_seconds, spec.probes.broker_grace_seconds) == (120, 30)
+    live = spec.probes.worker_liveness
+    assert (live.period_seconds, live.timeout_seconds, live.failure_threshold) == (10, 5, 3)
 
 
 def test_full_spec_keeps_every_field() -> None:
@@ -71,6 +75,26 @@ INVALID: list[tuple[str, str, Any, str]] = [
     ("bad pull policy", "imagePullPolicy", "Sometimes", "spec.imagePullPolicy"),
     ("hostNetwork not a bool", "podTemplate.hostNetwork", "yes", "spec.podTemplate.hostNetwork"),
     ("unknown persistence", "beat.persistence.type", "hostPath", "spec.beat.persistence.type"),
+    ("probes not an object", "probes", "on", "spec.probes"),
+    (
+        "probe period zero",
+        "probes.workerLiveness.periodSeconds",
+        0,
+        "spec.probes.workerLiveness.periodSeconds",
+    ),
+    (
+        "probe timeout above period",
+        "probes.beatLiveness",
+        {"periodSeconds": 3, "timeoutSeconds": 4},
+        "spec.probes.beatLiveness.timeoutSeconds",
+    ),
+    (
+        "startup timeout too short",
+        "probes.startupTimeoutSeconds",
+        1,
+        "spec.probes.startupTimeoutSeconds",
+    ),
+    ("broker grace negative", "probes.brokerGraceSeconds", -1, "spec.probes.brokerGraceSeconds"),
 ]
 
 
