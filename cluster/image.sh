@@ -66,14 +66,17 @@ install_probes() {
   in_base "$rootfs" "${pip[@]}" --no-build-isolation /tmp/probes >&2 ||
     in_base "$rootfs" "${pip[@]}" /tmp/probes >&2
   mv "$rootfs/tmp/layer/opt" "$layer/opt"
+  # Called inside $(...), where set -e does not reach: check the result instead.
+  [ -x "$layer/opt/venv/bin/celery-probe" ] || die "the probes package did not install"
   rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer" "$rootfs/tmp/host-ca.crt"
   : > "$rootfs/etc/resolv.conf"
 }
 
 in_base() {
   local rootfs=$1 && shift
+  # chroot by its full path: env looks the command up in the PATH it was given, the base's.
   env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 PIP_CERT=/tmp/host-ca.crt \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 chroot "$rootfs" "$@"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$(command -v chroot)" "$rootfs" "$@"
 }
 
 build_worker_project() {

@@ -34,6 +34,10 @@ PROBE_COMMAND: Final = "celery-probe"
 PROBE_STATE_DIR: Final = "/run/celery-probe"
 PROBE_STATE_VOLUME: Final = "celery-probe"
 STARTUP_PERIOD_SECONDS: Final = 2
+LIVENESS_KILL_GRACE_SECONDS: Final = 10
+"""The grace a container gets when its liveness probe fails, instead of the pod's (60 s for
+workers). A stopped or blocked main process never runs its SIGTERM handler, so waiting longer
+only delays the restart (with acks_late, the tasks it held go back to the queue)."""
 BEAT_MAX_INTERVAL_SECONDS: Final = 10
 """Beat wakes at least this often, so a stalled beat is caught within this plus the probe's grace,
 not after the scheduler's own 300 s maximum sleep. A tick that finds nothing due costs little."""
@@ -343,7 +347,10 @@ def _add_probes(
                 timeout_seconds=min(live.timeout_seconds, STARTUP_PERIOD_SECONDS),
             ),
         )
-        container["livenessProbe"] = _exec_probe(live_command, live)
+        container["livenessProbe"] = {
+            **_exec_probe(live_command, live),
+            "terminationGracePeriodSeconds": LIVENESS_KILL_GRACE_SECONDS,
+        }
     if readiness is not None and readiness[1].enabled:
         container["readinessProbe"] = _exec_probe(*readiness)
 

@@ -50,6 +50,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.config import kube_config
 
+# The operator and CeleryCluster fixtures, for every e2e module.
+from tests.e2e.harness import clusters, crd, liveness_port, operator, sample_spec  # noqa: F401
 from tests.e2e.kube import describe_pod, pod_ready, process_start_time, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

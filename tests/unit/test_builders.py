@@ -186,6 +186,7 @@ def test_workers_get_startup_liveness_and_readiness_exec_probes() -> None:
         "timeoutSeconds": 5,
         "failureThreshold": 3,
         "successThreshold": 1,
+        "terminationGracePeriodSeconds": builders.LIVENESS_KILL_GRACE_SECONDS,
     }
     ready = container["readinessProbe"]
     assert ready["exec"]["command"] == [

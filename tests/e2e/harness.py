@@ -1,0 +1,214 @@
+"""The operator under test and its CeleryClusters: fixtures shared by the e2e modules.
+
+The operator runs in the test process through ``kopf.testing.KopfRunner``, each test in a namespace
+of its own that it alone watches. ``tests/e2e/conftest.py`` makes the fixtures visible to every
+e2e module."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from celery import Celery
+from kopf.testing import KopfRunner
+from kubernetes import client
+
+from celery_operator import GROUP, PLURAL, VERSION
+from tests.e2e.kube import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "celeryoperator.dev_celeryclusters.yaml"
+TASKS = "celery_demo.tasks"
+
+
+def _plain(api_client: client.ApiClient, obj: object) -> Any:
+    """A client model as the plain JSON dict the API served."""
+    return api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def crd(api_client: client.ApiClient) -> None:
+    """Install (or update) the project's CRD and wait until it is served."""
+    body = yaml.safe_load(CRD.read_text())
+    ext = client.ApiextensionsV1Api(api_client)
+    try:
+        ext.create_custom_resource_definition(body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        live = _plain(api_client, ext.read_custom_resource_definition(body["metadata"]["name"]))
+        body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def established() -> bool:
+        got = _plain(api_client, ext.read_custom_resource_definition(body["metadata"]["name"]))
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in got.get("status", {}).get("conditions", [])
+        )
+
+    wait_for(established, timeout=30, message="CRD not established")
+
+
+@pytest.fixture
+def liveness_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def operator(
+    crd: None, kubeconfig: str, namespace: str, liveness_port: int
+) -> Iterator[KopfRunner]:
+    """The real operator, in this process, watching the test's namespace only: test sessions
+    sharing one cluster then never reconcile each other's clusters."""
+    yield from _run_operator(namespace, liveness_port)
+
+
+def _run_operator(namespace: str, liveness_port: int) -> Iterator[KopfRunner]:
+    os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
+    args = [
+        "run", f"--namespace={namespace}", "--standalone", "--verbose",
+        f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
+        "-m", "celery_operator.handlers",
+    ]  # fmt: skip
+    with KopfRunner(args, timeout=60) as runner:
+        wait_for(lambda: _healthy(liveness_port), timeout=60, message="operator not live")
+        yield runner
+    assert runner.exception is None, runner.exception
+    assert "Traceback" not in runner.output, runner.output[-5000:]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class Clusters:
+    """CeleryCluster objects in one test namespace, through the real API."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api_client = api_client
+        self.api = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def plain(self, obj: object) -> Any:
+        return _plain(self.api_client, obj)
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CeleryCluster",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
+        created: dict[str, Any] = self.plain(
+            self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+        )
+        return created
+
+    def get(self, name: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.plain(
+            self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        )
+        return got
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        for cond in self.get(name).get("status", {}).get("conditions", []):
+            if cond["type"] == type_:
+                found: dict[str, Any] = cond
+                return found
+        return {}
+
+    def phase(self, name: str) -> str:
+        return str(self.get(name).get("status", {}).get("phase", ""))
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 180) -> None:
+        wait_for(
+            lambda: self.phase(name) == phase,
+            timeout=timeout,
+            message=f"{name} never became {phase}",
+        )
+
+    def deployments(self) -> dict[str, Any]:
+        items = self.plain(self.apps.list_namespaced_deployment(self.namespace))["items"]
+        return {d["metadata"]["name"]: d for d in items}
+
+    def statefulsets(self) -> dict[str, Any]:
+        items = self.plain(self.apps.list_namespaced_stateful_set(self.namespace))["items"]
+        return {s["metadata"]["name"]: s for s in items}
+
+    def pods(self, selector: str) -> list[Any]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
+        return list(self.plain(pods)["items"])
+
+    def args(self, deployment: str) -> list[str]:
+        spec = self.deployments()[deployment]["spec"]["template"]["spec"]
+        return list(spec["containers"][0]["args"])
+
+    def put_secret(self, name: str, data: dict[str, str]) -> None:
+        encoded: dict[str, bytes | str] = {
+            k: base64.b64encode(v.encode()).decode() for k, v in data.items()
+        }
+        self.core.create_namespaced_secret(
+            self.namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), data=encoded)
+        )
+
+
+@pytest.fixture
+def clusters(api_client: client.ApiClient, namespace: str) -> Clusters:
+    return Clusters(api_client, namespace)
+
+
+@pytest.fixture
+def sample_spec(
+    clusters: Clusters, redis_url: str, worker_image: str, host_network: bool
+) -> Callable[..., dict[str, Any]]:
+    """A working spec for the demo app, its broker Secret in place; keywords change workers[0]."""
+    clusters.put_secret("broker", {"url": redis_url})
+
+    def make(**pool: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "image": worker_image,
+            "imagePullPolicy": "IfNotPresent",
+            "app": "celery_demo",
+            "broker": {"urlSecretRef": {"name": "broker"}},
+            "env": [{"name": "CELERY_DEMO_BEAT_INTERVAL", "value": "2"}],
+            "workers": [{"name": "default", "queues": ["celery"], "concurrency": 2, **pool}],
+            "beat": {"enabled": True},
+        }
+        if host_network:
+            spec["podTemplate"] = {"hostNetwork": True}
+        return spec
+
+    return make
+
+
+def _celery(redis_url: str) -> Celery:
+    return Celery("e2e-client", broker=redis_url, backend=redis_url)
