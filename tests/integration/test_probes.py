@@ -227,11 +227,15 @@ def test_queue_not_consumed_fails_readiness_not_liveness(
     client = _client(redis_url)
     try:
         client.control.cancel_consumer("b", destination=[worker.node], reply=True, timeout=5)
+        line = wait_probe(state_dir, "worker-ready", passing=False, timeout=10)
+        assert "not consuming queue(s) b" in line
+        assert probe(state_dir, "worker-live")[0]
+        # The probe agrees with what `celery inspect active_queues` answers, without asking.
+        replies = client.control.inspect(destination=[worker.node], timeout=5, limit=1)
+        queues = (replies.active_queues() or {})[worker.node]
+        assert [q["name"] for q in queues] == ["a"]
     finally:
         client.close()
-    line = wait_probe(state_dir, "worker-ready", passing=False, timeout=10)
-    assert "not consuming queue(s) b" in line
-    assert probe(state_dir, "worker-live")[0]
 
 
 def test_warm_shutdown_is_unready_but_live_until_the_task_ends(
