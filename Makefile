@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps up down test lint typecheck unit integration e2e cluster cluster-down image
+.PHONY: deps up down test lint typecheck unit integration e2e bench cluster cluster-down image
 
 deps:
 	@scripts/deps.sh
@@ -30,6 +30,10 @@ integration: deps
 
 e2e: deps
 	$(PY) -m pytest tests/e2e
+
+# Figures, not pass/fail: the probes' CPU, wall time and broker traffic against `inspect ping`.
+bench: deps
+	$(PY) -m tests.bench.bench_probes
 
 cluster: deps
 	@cluster/up.sh

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_probes import cli
 from celery_probes import state as ps
 
 NOW = 1000.0
@@ -99,3 +100,41 @@ def test_state_file_round_trip_and_torn_file(tmp_path: Path) -> None:
 def test_state_dir_comes_from_the_environment() -> None:
     assert ps.state_dir({ps.STATE_DIR_ENV: "/run/x"}) == "/run/x"
     assert ps.state_dir({}) == ps.DEFAULT_STATE_DIR
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["worker-live"], ("worker-live", {}, [])),
+        (
+            ["worker-live", "--max-age", "3", "--broker-grace=0"],
+            ("worker-live", {"max-age": "3", "broker-grace": "0"}, []),
+        ),
+        (["worker-ready", "--queues", "a,b"], ("worker-ready", {"queues": "a,b"}, [])),
+        (["show", "beat", "--dir", "/x"], ("show", {"dir": "/x"}, ["beat"])),
+        ([], ("help", {}, [])),
+        (["beat-live", "--help"], ("help", {}, [])),
+    ],
+)
+def test_check_command_lines(argv: list[str], expected: tuple[object, ...]) -> None:
+    assert cli.parse(argv) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["worker-alive"], "unknown command 'worker-alive'"),
+        (["worker-live", "--queues", "a"], "worker-live has no option --queues"),
+        (["beat-live", "--grace"], "--grace needs a value"),
+        (["show"], "show needs one argument"),
+        (["worker-ready", "extra"], "unexpected argument 'extra'"),
+    ],
+)
+def test_bad_command_lines_say_what_is_wrong(argv: list[str], says: str) -> None:
+    with pytest.raises(cli.UsageError, match=says):
+        cli.parse(argv)
+
+
+def test_a_bad_number_exits_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["worker-live", "--max-age", "soon"]) == 2
+    assert "--max-age must be a number of seconds, not 'soon'" in capsys.readouterr().err
