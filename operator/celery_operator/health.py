@@ -38,11 +38,11 @@ HUNG: Final = frozenset({Kind.UNRESPONSIVE, Kind.STUCK})
 
 @dataclass(frozen=True)
 class Reply:
-    """A worker's answer to one cycle: from ``stats`` its processed count and pool size, from
-    ``active`` the ids of the tasks it is running."""
+    """A worker's answer to one cycle: from ``stats`` its processed count and pool size (None when
+    only ``ping`` or ``active`` reached it in time), from ``active`` the ids of its tasks."""
 
-    processed: int
-    slots: int
+    processed: int | None
+    slots: int | None
     active: frozenset[str] = frozenset()
 
 
@@ -90,11 +90,12 @@ def remember(previous: Memory | None, reply: Reply | None, now: datetime) -> Mem
             progress_at=before.progress_at,
             task_since=before.task_since,
         )
-    moved = before.processed is None or reply.processed != before.processed
+    processed = before.processed if reply.processed is None else reply.processed
+    moved = before.processed is None or processed != before.processed
     return Memory(
         missed=0,
         answered_ever=True,
-        processed=reply.processed,
+        processed=processed,
         progress_at=now if moved or before.progress_at is None else before.progress_at,
         task_since={task: before.task_since.get(task, now) for task in reply.active},
     )
@@ -132,7 +133,7 @@ def judge(
         return Verdict(pod, Kind.HEALTHY, "idle" if backlog == 0 else "consuming")
     limit = timedelta(seconds=policy.stuck_seconds)
     oldest = min(memory.task_since.values(), default=now)
-    all_slots_busy = len(reply.active) >= reply.slots
+    all_slots_busy = reply.slots is not None and len(reply.active) >= reply.slots
     slots_stuck = all_slots_busy and all(
         now - since >= limit for since in memory.task_since.values()
     )
@@ -145,7 +146,7 @@ def judge(
             f"{_seconds(now - oldest)}, nothing finished for {_seconds(idle_for)} "
             f"(limit {policy.stuck_seconds}s), {backlog} message(s) waiting",
         )
-    busy = f"{len(reply.active)}/{reply.slots} slot(s) busy"
+    busy = f"{len(reply.active)}/{reply.slots or '?'} slot(s) busy"
     return Verdict(pod, Kind.BUSY, f"{busy}, the oldest task for {_seconds(now - oldest)}")
 
 

@@ -40,6 +40,18 @@ DEFAULT_BROKER_GRACE_SECONDS: Final = 30
 DEFAULT_PROBE_TIMEOUT_SECONDS: Final = 5
 """A check takes about 30 ms; five seconds leave room for a node under load."""
 
+HUNG_ACTIONS: Final = ("Restart", "Observe", "Off")
+DEFAULT_HUNG_ACTION: Final = "Restart"
+DEFAULT_UNRESPONSIVE_CYCLES: Final = 3
+DEFAULT_STUCK_SECONDS: Final = 1800
+"""Without a hard time limit, a worker whose every slot ran the same tasks for 30 minutes while
+work waits and nothing finishes counts as stuck. With ``timeLimitSeconds``, that limit plus
+``STUCK_MARGIN_SECONDS``: Celery itself should have killed the task by then."""
+STUCK_MARGIN_SECONDS: Final = 60
+DEFAULT_MAX_RESTARTS: Final = 3
+DEFAULT_RESTART_WINDOW_SECONDS: Final = 600
+DEFAULT_MAX_UNAVAILABLE_PERCENT: Final = 25
+
 POOL_TYPES: Final = ("prefork", "threads", "solo", "gevent", "eventlet")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 PERSISTENCE_TYPES: Final = ("emptyDir", "persistentVolumeClaim")
@@ -106,6 +118,18 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class HungWorkers:
+    """What the operator does about a pool's hung workers (``spec.workers[].hungWorkers``)."""
+
+    action: str = DEFAULT_HUNG_ACTION
+    unresponsive_cycles: int = DEFAULT_UNRESPONSIVE_CYCLES
+    stuck_after_seconds: int = DEFAULT_STUCK_SECONDS
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    window_seconds: int = DEFAULT_RESTART_WINDOW_SECONDS
+    max_unavailable_percent: int = DEFAULT_MAX_UNAVAILABLE_PERCENT
+
+
+@dataclass(frozen=True)
 class WorkerPool:
     """One ``celery worker`` Deployment: its queues, concurrency and limits."""
 
@@ -121,6 +145,7 @@ class WorkerPool:
     time_limit_seconds: int | None = None
     termination_grace_period_seconds: int = DEFAULT_WORKER_GRACE_SECONDS
     placement: Placement = field(default_factory=Placement)
+    hung: HungWorkers = field(default_factory=HungWorkers)
 
 
 @dataclass(frozen=True)
@@ -298,6 +323,25 @@ def _parse_pool(r: _Reader) -> WorkerPool:
             "terminationGracePeriodSeconds", DEFAULT_WORKER_GRACE_SECONDS, low=1, high=86400
         ),
         placement=_parse_placement(r),
+        hung=_parse_hung(r.object("hungWorkers"), hard),
+    )
+
+
+def _parse_hung(r: _Reader, time_limit: int | None) -> HungWorkers:
+    derived = DEFAULT_STUCK_SECONDS if time_limit is None else time_limit + STUCK_MARGIN_SECONDS
+    return HungWorkers(
+        action=r.choice("action", HUNG_ACTIONS, DEFAULT_HUNG_ACTION),
+        unresponsive_cycles=r.integer_or(
+            "unresponsiveCycles", DEFAULT_UNRESPONSIVE_CYCLES, low=1, high=100
+        ),
+        stuck_after_seconds=r.integer_or("stuckAfterSeconds", derived, low=1, high=7 * 86400),
+        max_restarts=r.integer_or("maxRestarts", DEFAULT_MAX_RESTARTS, low=0, high=1000),
+        window_seconds=r.integer_or(
+            "restartWindowSeconds", DEFAULT_RESTART_WINDOW_SECONDS, low=60, high=7 * 86400
+        ),
+        max_unavailable_percent=r.integer_or(
+            "maxUnavailablePercent", DEFAULT_MAX_UNAVAILABLE_PERCENT, low=1, high=100
+        ),
     )
 
 

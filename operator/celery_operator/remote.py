@@ -1,0 +1,86 @@
+"""The one adapter through which the operator asks Celery workers how they are (remote control).
+
+One monitoring cycle is one broadcast each of ``ping``, ``stats`` and ``active``: three messages
+published to the pidbox fanout, each delivered once to each worker, each answered once. The cost
+grows with the number of workers, not with its square (as it would if every worker were probed
+on its own). With ``limit`` set to the number of workers expected, a cycle in which everybody
+answers returns as soon as the last reply is in, instead of waiting out the timeout.
+
+The calls block (kombu I/O): callers run them in a thread, never on Kopf's event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from celery import Celery
+
+from celery_operator.health import Reply
+from celery_operator.queues import KeyScheme
+
+CONNECT_ATTEMPTS: Final = 1
+"""Attempts to reach the broker before a cycle gives up: a monitor must not wait on a broker that
+is down, it must say so (and restart nobody)."""
+
+
+class WorkersUnreachable(Exception):  # noqa: N818 (a state, named as the callers read it)
+    """The broker could not be reached, so no worker could be asked."""
+
+
+def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
+    """A Celery app used only to broadcast, with the workers' transport options: with a
+    ``global_keyprefix`` even the pidbox channels are prefixed."""
+    app = Celery("celery-operator-monitor", broker=url, set_as_current=False)
+    options: dict[str, Any] = {
+        "priority_steps": list(keys.priority_steps),
+        "sep": keys.separator,
+    }
+    if keys.global_keyprefix:
+        options["global_keyprefix"] = keys.global_keyprefix
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_timeout=timeout,
+        broker_connection_retry=False,
+        broker_connection_max_retries=CONNECT_ATTEMPTS,
+        control_reply_expires=timeout * 4,  # reply keys must not outlive us (celery issue 6089)
+    )
+    return app
+
+
+def census(app: Celery, *, expected: int, timeout: float) -> dict[str, Reply]:
+    """Every answering worker's reply, by node name. Raises WorkersUnreachable without a broker.
+
+    A worker counts as answering when it replied to any of the three; ``processed`` and ``slots``
+    come from ``stats`` and are None when only ``ping`` or ``active`` reached it in time.
+    """
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
+            inspect = app.control.inspect(
+                timeout=timeout, limit=max(1, expected), connection=connection
+            )
+            pings = inspect.ping() or {}
+            stats = inspect.stats() or {}
+            active = inspect.active() or {}
+    except app.connection_for_write().connection_errors as error:
+        raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
+    except OSError as error:
+        raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
+    nodes = set(pings) | set(stats) | set(active)
+    return {node: _reply(stats.get(node), active.get(node)) for node in nodes}
+
+
+def _reply(stats: Mapping[str, Any] | None, active: Any) -> Reply:
+    processed = slots = None
+    if isinstance(stats, Mapping):
+        totals = stats.get("total")
+        if isinstance(totals, Mapping):
+            processed = sum(int(n) for n in totals.values())
+        pool = stats.get("pool")
+        if isinstance(pool, Mapping) and isinstance(pool.get("max-concurrency"), int):
+            slots = int(pool["max-concurrency"])
+    tasks = frozenset(
+        str(task["id"]) for task in (active or []) if isinstance(task, Mapping) and "id" in task
+    )
+    return Reply(processed=processed, slots=slots, active=tasks)
