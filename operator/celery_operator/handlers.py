@@ -12,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
+import prometheus_client
 import redis
+from celery import Celery
 
-from celery_operator import GROUP, PLURAL, VERSION, broker, naming
+from celery_operator import GROUP, PLURAL, VERSION, broker, health, naming, remote
 from celery_operator.kube import Kube, load_api_client
 from celery_operator.loops import ClusterLoops
+from celery_operator.monitor import Census, HealthMonitor
 from celery_operator.queues import KeyScheme
 from celery_operator.reconciler import BacklogReader, Reconciler
 from celery_operator.settings import Settings, from_env
@@ -39,6 +42,20 @@ def backlog_reader(timeout: float) -> BacklogReader:
     return read
 
 
+def census(timeout: float) -> Census:
+    """Asks a cluster's workers with one control app per broker (and key scheme), kept between
+    cycles so that its connection pool is reused."""
+    apps: dict[tuple[str, KeyScheme], Celery] = {}
+
+    def ask(url: str, keys: KeyScheme, expected: int) -> dict[str, health.Reply]:
+        app = apps.get((url, keys))
+        if app is None:
+            app = apps[(url, keys)] = remote.control_app(url, keys, timeout=timeout)
+        return remote.census(app, expected=expected, timeout=timeout)
+
+    return ask
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Settings = memo.get("settings") or from_env()
@@ -46,7 +63,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
     kube = Kube(load_api_client(), timeout=config.api_timeout_seconds)
-    reconciler = Reconciler(kube, backlog_reader(config.broker_timeout_seconds))
+    monitor = HealthMonitor(
+        census(config.census_timeout_seconds), interval=config.health_interval_seconds
+    )
+    reconciler = Reconciler(kube, backlog_reader(config.broker_timeout_seconds), monitor=monitor)
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port)
     memo["kube"] = kube
     memo["loops"] = ClusterLoops(
         reconciler.reconcile,

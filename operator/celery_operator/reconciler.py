@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from celery_operator import GROUP, KIND, VERSION, builders, diff, naming, status
+from celery_operator import GROUP, KIND, VERSION, builders, diff, health, metrics, naming, status
 from celery_operator.kube import EventTarget, Kube, KubeError
+from celery_operator.monitor import (
+    BROKER_UNREACHABLE,
+    MASS_UNRESPONSIVE,
+    HealthMonitor,
+    HealthReport,
+    WorkerPod,
+)
 from celery_operator.queues import KeyScheme
 from celery_operator.spec import ClusterSpec, SpecError, parse_cluster
 
@@ -51,15 +59,19 @@ class Reconciler:
         kube: Kube,
         read_backlog: BacklogReader | None,
         clock: Clock = utcnow,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.kube = kube
         self.read_backlog = read_backlog
         self.clock = clock
+        self.monitor = monitor
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         writes_before = self.kube.writes
         cluster = self.kube.get_cluster(namespace, name)
         if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+            if self.monitor is not None:
+                self.monitor.forget((namespace, name))
             return Outcome(found=False)  # the garbage collector removes the children
         meta = cluster["metadata"]
         owner = builders.Owner(
@@ -92,10 +104,16 @@ class Reconciler:
                 self._unstick_beat(namespace, name, live, target)
 
         queue_backlog, broker_error = self._backlog(spec, broker_url)
+        previous = cluster.get("status") or {}
+        report = None
+        if spec is not None and broker_url is not None and not problems:
+            report = self._health(
+                namespace, name, spec, broker_url, queue_backlog, previous, target
+            )
         seen = self._observation(
             name, meta.get("generation", 0), spec, live, problems, queue_backlog, broker_error
         )
-        previous = cluster.get("status") or {}
+        seen = dataclasses.replace(seen, health=report)
         update = status.compute(seen, previous, self.clock())
         if _differs(update.status, previous):
             patch = {**{k: None for k in previous if k not in update.status}, **update.status}
@@ -114,6 +132,62 @@ class Reconciler:
             actions=tuple(actions),
             phase=update.status["phase"],
         )
+
+    def _health(
+        self,
+        namespace: str,
+        name: str,
+        spec: ClusterSpec,
+        broker_url: str,
+        queue_backlog: Mapping[str, int] | None,
+        previous: Mapping[str, Any],
+        target: EventTarget,
+    ) -> HealthReport | None:
+        """A hung-worker cycle when one is due (else the last one), and its restarts."""
+        if self.monitor is None:
+            return None
+        key, now = (namespace, name), self.clock()
+        if not self.monitor.due(key, now):
+            return self.monitor.last(key)
+        selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
+        pods = [_worker_pod(p, now) for p in self.kube.list_pods(namespace, selector)]
+        backlog = None
+        if queue_backlog is not None:
+            backlog = {
+                pool.name: sum(queue_backlog.get(q, 0) for q in pool.queues)
+                for pool in spec.workers
+            }
+        report = self.monitor.cycle(
+            key, spec, broker_url, pods, backlog, status.restart_times(previous), now
+        )
+        for restart in report.restarts:
+            verdict = restart.verdict
+            try:
+                self.kube.delete_pod(namespace, restart.pod, restart.uid)
+            except KubeError as error:
+                log.warning("could not restart hung worker %s: %s", restart.pod, error.message)
+                continue
+            log.warning("restarted hung worker %s/%s: %s", namespace, restart.pod, verdict)
+            metrics.WORKER_RESTARTS.labels(namespace, name, restart.pool, verdict.kind).inc()
+            self.kube.emit_event(
+                target,
+                reason="RestartedHungWorker",
+                message=f"deleted pod {restart.pod} ({restart.pool}): {verdict.kind}, "
+                f"{verdict.evidence}",
+                warning=True,
+                now=now,
+            )
+        for verdict in self.monitor.newly_held(key, report):
+            self.kube.emit_event(
+                target,
+                reason="HungWorkerLeftRunning",
+                message=f"pod {verdict.pod} is {verdict.kind} ({verdict.evidence}); not "
+                "restarted: hungWorkers.action is Observe, or the restart budget is spent",
+                warning=True,
+                now=now,
+            )
+        _export(namespace, name, report)
+        return report
 
     def _live_children(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
         labels = naming.cluster_labels(name)
@@ -302,6 +376,35 @@ class Reconciler:
             queue_backlog=queue_backlog,
             broker_error=broker_error,
         )
+
+
+def _worker_pod(pod: Mapping[str, Any], now: datetime) -> WorkerPod:
+    meta, state = pod["metadata"], pod.get("status") or {}
+    created = meta.get("creationTimestamp")
+    born = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if created else now
+    return WorkerPod(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        pool=(meta.get("labels") or {}).get(naming.POOL_LABEL, ""),
+        running=state.get("phase") == "Running",
+        ready=any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in state.get("conditions") or []
+        ),
+        terminating=bool(meta.get("deletionTimestamp")),
+        age=now - born,
+    )
+
+
+def _export(namespace: str, name: str, report: HealthReport) -> None:
+    for reason in (BROKER_UNREACHABLE, MASS_UNRESPONSIVE):
+        metrics.MONITOR_GUARD.labels(namespace, name, reason).set(report.guard == reason)
+    for pool in report.pools:
+        metrics.WORKERS_ANSWERING.labels(namespace, name, pool.name).set(pool.answering)
+        metrics.WORKERS_CHECKED.labels(namespace, name, pool.name).set(pool.checked)
+        for kind in health.HUNG:
+            count = sum(1 for v in pool.hung if v.kind == kind)
+            metrics.HUNG_WORKERS.labels(namespace, name, pool.name, kind).set(count)
 
 
 def _differs(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:

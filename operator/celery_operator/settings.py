@@ -33,6 +33,17 @@ class Settings:
     not answer within it is reported unreachable, and reconciling goes on. Env:
     BROKER_TIMEOUT_SECONDS."""
 
+    health_interval_seconds: float = 10.0
+    """Seconds between two hung-worker cycles of a cluster (one ping, stats and active broadcast
+    each); a cycle runs with the reconcile that comes due after it. Env: HEALTH_INTERVAL_SECONDS."""
+
+    census_timeout_seconds: float = 2.0
+    """How long a cycle waits for the workers' replies to each broadcast. A worker that answers
+    later counts as silent this cycle. Env: CENSUS_TIMEOUT_SECONDS."""
+
+    metrics_port: int = 9090
+    """Port of the Prometheus ``/metrics`` endpoint; 0 turns it off. Env: METRICS_PORT."""
+
     liveness_port: int = 8080
     """Port of the operator's own liveness endpoint (``/healthz``); 0 turns it off. Env:
     LIVENESS_PORT."""

@@ -335,7 +335,7 @@ def _parse_hung(r: _Reader, time_limit: int | None) -> HungWorkers:
             "unresponsiveCycles", DEFAULT_UNRESPONSIVE_CYCLES, low=1, high=100
         ),
         stuck_after_seconds=r.integer_or("stuckAfterSeconds", derived, low=1, high=7 * 86400),
-        max_restarts=r.integer_or("maxRestarts", DEFAULT_MAX_RESTARTS, low=0, high=1000),
+        max_restarts=r.integer_or("maxRestarts", DEFAULT_MAX_RESTARTS, low=0, high=20),
         window_seconds=r.integer_or(
             "restartWindowSeconds", DEFAULT_RESTART_WINDOW_SECONDS, low=60, high=7 * 86400
         ),

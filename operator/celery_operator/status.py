@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
+
+from celery_operator import monitor
 
 AVAILABLE: Final = "Available"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 BROKER_REACHABLE: Final = "BrokerReachable"
-CONDITION_TYPES: Final = (AVAILABLE, PROGRESSING, DEGRADED, BROKER_REACHABLE)
+WORKERS_HEALTHY: Final = "WorkersHealthy"
+CONDITION_TYPES: Final = (AVAILABLE, PROGRESSING, DEGRADED, BROKER_REACHABLE, WORKERS_HEALTHY)
+
+RESTARTS_KEPT: Final = 20
+"""Restarts of hung workers listed per pool in status: the newest, enough for any restart
+budget (``maxRestarts`` is at most this)."""
 
 
 class Reason:
@@ -35,6 +42,11 @@ class Reason:
     BROKER_OK: Final = "BrokerReadable"
     BROKER_UNREACHABLE: Final = "BrokerUnreachable"
     BROKER_UNKNOWN: Final = "BrokerNotRead"
+    ALL_ANSWERING: Final = "AllAnswering"
+    HUNG_WORKERS: Final = "HungWorkers"
+    NOT_CHECKED: Final = "NotChecked"
+    WORKERS_UNREACHABLE: Final = monitor.BROKER_UNREACHABLE
+    MASS_UNRESPONSIVE: Final = monitor.MASS_UNRESPONSIVE
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ class Observation:
     """Messages waiting per queue, every priority list counted; None when not read."""
     broker_error: str | None = None
     """Why the broker could not be read; None when it was read or not tried."""
+    health: monitor.HealthReport | None = None
+    """The last hung-worker cycle; None when none ran (no monitor, or the spec is invalid)."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +206,7 @@ def compute(
         "beat": "Disabled"
         if not seen.beat_enabled
         else ("Ready" if seen.beat_ready else "NotReady"),
-        "pools": [_pool_status(p) for p in seen.pools],
+        "pools": [_pool_status(p, seen.health, previous) for p in seen.pools],
         "conditions": stamped,
     }
     if seen.queue_backlog is not None:
@@ -203,7 +217,9 @@ def compute(
     return StatusUpdate(status=status, transitions=transitions)
 
 
-def _pool_status(p: PoolObservation) -> dict[str, Any]:
+def _pool_status(
+    p: PoolObservation, report: monitor.HealthReport | None, previous: Mapping[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": p.name,
         "queues": list(p.queues),
@@ -215,7 +231,65 @@ def _pool_status(p: PoolObservation) -> dict[str, Any]:
     }
     if p.backlog is not None:
         out["backlog"] = p.backlog
+    pool_health = next((h for h in report.pools if h.name == p.name), None) if report else None
+    if pool_health is not None:
+        out["workersAnswering"] = pool_health.answering
+        out["workersChecked"] = pool_health.checked
+    previous_pool: Mapping[str, Any] = next(
+        (q for q in previous.get("pools") or [] if q.get("name") == p.name), {}
+    )
+    before: list[Any] = list(previous_pool.get("restarts") or [])
+    made: list[dict[str, Any]] = []
+    if report is not None:
+        made = [
+            {
+                "pod": r.pod,
+                "verdict": str(r.verdict.kind),
+                "evidence": r.verdict.evidence,
+                "time": _timestamp(report.at),
+            }
+            for r in report.restarts
+            if r.pool == p.name
+        ]
+    restarts = [*made, *(r for r in before if r not in made)][:RESTARTS_KEPT]
+    if restarts:
+        out["restarts"] = restarts
     return out
+
+
+def restart_times(previous: Mapping[str, Any]) -> dict[str, list[datetime]]:
+    """Each pool's past hung-worker restarts, from the live status (the restart budget's
+    memory, which must survive an operator restart)."""
+    times: dict[str, list[datetime]] = {}
+    for pool in previous.get("pools") or []:
+        for restart in pool.get("restarts") or []:
+            try:
+                at = datetime.strptime(restart["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            except (KeyError, TypeError, ValueError):
+                continue
+            times.setdefault(str(pool.get("name")), []).append(at)
+    return times
+
+
+def _health_condition(report: monitor.HealthReport | None) -> tuple[str, str, str]:
+    if report is None:
+        return "Unknown", Reason.NOT_CHECKED, "the workers have not been asked yet"
+    if report.guard == monitor.BROKER_UNREACHABLE:
+        return "Unknown", Reason.WORKERS_UNREACHABLE, report.message
+    if report.guard == monitor.MASS_UNRESPONSIVE:
+        return "False", Reason.MASS_UNRESPONSIVE, report.message
+    restarted = {r.pod for r in report.restarts}
+    hung = [v for pool in report.pools for v in pool.hung]
+    if hung:
+        parts = [
+            f"{v.pod} {v.kind} ({v.evidence}): "
+            + ("restarted" if v.pod in restarted else "left running (Observe, or budget spent)")
+            for v in hung
+        ]
+        return "False", Reason.HUNG_WORKERS, "; ".join(parts)
+    answering = sum(p.answering for p in report.pools)
+    checked = sum(p.checked for p in report.pools)
+    return "True", Reason.ALL_ANSWERING, f"{answering}/{checked} workers answered, none hung"
 
 
 def _conditions(seen: Observation) -> list[tuple[str, str, str, str]]:
@@ -269,6 +343,7 @@ def _conditions(seen: Observation) -> list[tuple[str, str, str, str]]:
         (PROGRESSING, *progressing),
         (DEGRADED, *degraded),
         (BROKER_REACHABLE, *broker),
+        (WORKERS_HEALTHY, *_health_condition(seen.health)),
     ]
 
 
@@ -283,7 +358,7 @@ def _phase(conditions: list[tuple[str, str, str, str]]) -> str:
 
 def _is_bad(type_: str, status: str) -> bool:
     return (type_ == DEGRADED and status == "True") or (
-        type_ in (AVAILABLE, BROKER_REACHABLE) and status == "False"
+        type_ in (AVAILABLE, BROKER_REACHABLE, WORKERS_HEALTHY) and status == "False"
     )
 
 

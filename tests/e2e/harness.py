@@ -80,6 +80,9 @@ def operator(
 
 def _run_operator(namespace: str, liveness_port: int) -> Iterator[KopfRunner]:
     os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
+    os.environ["CELERY_OPERATOR_HEALTH_INTERVAL_SECONDS"] = "3"
+    # One operator per test in this process: a fixed metrics port would be taken by the first.
+    os.environ["CELERY_OPERATOR_METRICS_PORT"] = "0"
     args = [
         "run", f"--namespace={namespace}", "--standalone", "--verbose",
         f"--liveness=http://127.0.0.1:{liveness_port}/healthz",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery_operator import status
+from celery_operator import health, monitor, status
 from celery_operator.status import Observation, PoolObservation, Problem, Reason, compute
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -52,6 +52,7 @@ def test_healthy_cluster_is_available_with_printer_column_values() -> None:
         "Progressing": ("False", Reason.RECONCILED),
         "Degraded": ("False", Reason.AS_EXPECTED),
         "BrokerReachable": ("True", Reason.BROKER_OK),
+        "WorkersHealthy": ("Unknown", Reason.NOT_CHECKED),
     }
 
 
@@ -137,3 +138,65 @@ def test_observe_pool_from_a_live_deployment() -> None:
     stale = status.observe_pool("default", ["a"], 3, {**live, "metadata": {"generation": 5}}, None)
     assert not stale.rolled_out
     assert stale.backlog is None
+
+
+def _report(**kw: Any) -> monitor.HealthReport:
+    base: dict[str, Any] = {
+        "at": T0,
+        "pools": (monitor.PoolHealth("default", checked=2, answering=2),),
+    }
+    base.update(kw)
+    return monitor.HealthReport(**base)
+
+
+STUCK = health.Verdict("demo-worker-default-a", health.Kind.STUCK, "all 2 slot(s) ...")
+
+
+def test_health_answering_counts_and_condition() -> None:
+    update = compute(_healthy(health=_report()), {}, T0)
+    [pool] = update.status["pools"]
+    assert (pool["workersAnswering"], pool["workersChecked"]) == (2, 2)
+    assert "restarts" not in pool
+    assert _conditions(update)["WorkersHealthy"] == ("True", Reason.ALL_ANSWERING)
+
+
+def test_restarts_are_listed_newest_first_and_read_back_for_the_budget() -> None:
+    restart = monitor.Restart("default", STUCK.pod, "uid-1", STUCK)
+    report = _report(
+        pools=(monitor.PoolHealth("default", 2, 2, hung=(STUCK,)),), restarts=(restart,)
+    )
+    calm = compute(_healthy(health=_report()), {}, T0)
+    first = compute(_healthy(health=report), calm.status, T0)
+    [pool] = first.status["pools"]
+    assert pool["restarts"] == [
+        {
+            "pod": STUCK.pod,
+            "verdict": "Stuck",
+            "evidence": STUCK.evidence,
+            "time": "2026-01-01T00:00:00Z",
+        }
+    ]
+    condition = _conditions(first)["WorkersHealthy"]
+    assert condition == ("False", Reason.HUNG_WORKERS)
+    [change] = [t for t in first.transitions if t.type == "WorkersHealthy"]
+    assert change.warning
+    assert "restarted" in change.message
+    # The next cycle finds everyone healthy: the restart stays listed, the condition recovers.
+    later = T0 + timedelta(minutes=1)
+    second = compute(_healthy(health=_report(at=later)), first.status, later)
+    assert second.status["pools"][0]["restarts"] == pool["restarts"]
+    assert _conditions(second)["WorkersHealthy"] == ("True", Reason.ALL_ANSWERING)
+    assert status.restart_times(second.status) == {"default": [T0]}
+
+
+def test_guards_say_why_nobody_was_judged() -> None:
+    unreachable = _report(guard=monitor.BROKER_UNREACHABLE, message="cannot ask the workers")
+    mass = _report(guard=monitor.MASS_UNRESPONSIVE, message="4 of 5 workers stopped answering")
+    assert _conditions(compute(_healthy(health=unreachable), {}, T0))["WorkersHealthy"] == (
+        "Unknown",
+        "BrokerUnreachable",
+    )
+    assert _conditions(compute(_healthy(health=mass), {}, T0))["WorkersHealthy"] == (
+        "False",
+        "MassUnresponsive",
+    )
