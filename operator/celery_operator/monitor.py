@@ -80,6 +80,9 @@ class _ClusterMemory:
     workers: dict[str, health.Memory] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     reported: set[tuple[str, health.Kind]] = field(default_factory=set)
+    restarted: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    """Pods this monitor deleted, by name: (pool, when). Never judged again while they linger,
+    counted as unavailable, and counted in the budget even before status records them."""
     last: HealthReport | None = None
 
 
@@ -109,17 +112,31 @@ class HealthMonitor:
         broker_url: str,
         pods: Sequence[WorkerPod],
         backlog: Mapping[str, int] | None,
-        recent_restarts: Mapping[str, Sequence[datetime]],
+        recent_restarts: Mapping[str, Sequence[tuple[str, datetime]]],
         now: datetime,
     ) -> HealthReport:
         """One cycle: ask every worker once, judge each, and pick the restarts within budget.
 
         ``backlog`` is the messages waiting per pool (None when the broker could not be read:
-        then nobody counts as stuck). ``recent_restarts`` are each pool's past restarts.
+        then nobody counts as stuck). ``recent_restarts`` are each pool's past restarts as
+        (pod, time), from status.
         """
         memory = self._clusters.setdefault(key, _ClusterMemory())
         watched = {p.name: p for p in spec.workers if p.hung.action != "Off"}
-        running = [p for p in pods if p.pool in watched and p.running and not p.terminating]
+        longest = max((p.hung.window_seconds for p in watched.values()), default=0)
+        memory.restarted = {
+            pod: (pool, at)
+            for pod, (pool, at) in memory.restarted.items()
+            if now - at < timedelta(seconds=longest)
+        }
+        running = [
+            p
+            for p in pods
+            if p.pool in watched
+            and p.running
+            and not p.terminating
+            and p.name not in memory.restarted
+        ]
         names = {p.name for p in running}
         memory.workers = {k: v for k, v in memory.workers.items() if k in names}
         memory.reported = {r for r in memory.reported if r[0] in names}
@@ -185,12 +202,23 @@ class HealthMonitor:
                     pool.hung.window_seconds,
                     pool.hung.max_unavailable_percent,
                 )
+                known = dict(recent_restarts.get(pool_name, ()))
+                known.update(
+                    {
+                        pod: at
+                        for pod, (pool_of, at) in memory.restarted.items()
+                        if pool_of == pool_name
+                    }
+                )
                 allowed = health.restarts_allowed(
                     budget,
-                    recent=recent_restarts.get(pool_name, ()),
+                    recent=list(known.values()),
                     replicas=max(pool.replicas, len(members)),
                     unavailable=sum(
-                        1 for p in pods if p.pool == pool_name and (p.terminating or not p.ready)
+                        1
+                        for p in pods
+                        if p.pool == pool_name
+                        and (p.terminating or not p.ready or p.name in memory.restarted)
                     ),
                     now=now,
                 )
@@ -198,6 +226,7 @@ class HealthMonitor:
             for pod, verdict in chosen:
                 restarts.append(Restart(pool_name, pod.name, pod.uid, verdict))
                 memory.workers.pop(pod.name, None)
+                memory.restarted[pod.name] = (pool_name, now)
             pools.append(
                 PoolHealth(
                     name=pool_name,

@@ -257,17 +257,17 @@ def _pool_status(
     return out
 
 
-def restart_times(previous: Mapping[str, Any]) -> dict[str, list[datetime]]:
-    """Each pool's past hung-worker restarts, from the live status (the restart budget's
-    memory, which must survive an operator restart)."""
-    times: dict[str, list[datetime]] = {}
+def restart_times(previous: Mapping[str, Any]) -> dict[str, list[tuple[str, datetime]]]:
+    """Each pool's past hung-worker restarts as (pod, time), from the live status (the restart
+    budget's memory, which must survive an operator restart)."""
+    times: dict[str, list[tuple[str, datetime]]] = {}
     for pool in previous.get("pools") or []:
         for restart in pool.get("restarts") or []:
             try:
                 at = datetime.strptime(restart["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             except (KeyError, TypeError, ValueError):
                 continue
-            times.setdefault(str(pool.get("name")), []).append(at)
+            times.setdefault(str(pool.get("name")), []).append((str(restart.get("pod")), at))
     return times
 
 

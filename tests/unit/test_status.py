@@ -186,7 +186,7 @@ def test_restarts_are_listed_newest_first_and_read_back_for_the_budget() -> None
     second = compute(_healthy(health=_report(at=later)), first.status, later)
     assert second.status["pools"][0]["restarts"] == pool["restarts"]
     assert _conditions(second)["WorkersHealthy"] == ("True", Reason.ALL_ANSWERING)
-    assert status.restart_times(second.status) == {"default": [T0]}
+    assert status.restart_times(second.status) == {"default": [(STUCK.pod, T0)]}
 
 
 def test_guards_say_why_nobody_was_judged() -> None:
