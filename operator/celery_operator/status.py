@@ -167,8 +167,8 @@ def compute(
     now: datetime,
 ) -> StatusUpdate:
     """The status to write and the condition transitions since ``previous`` (the live status)."""
-    conditions = _conditions(seen)
     old = {c.get("type"): c for c in previous.get("conditions") or []}
+    conditions = _conditions(seen, old.get(WORKERS_HEALTHY))
     stamped: list[dict[str, Any]] = []
     transitions: list[Transition] = []
     for type_, state, reason, message in conditions:
@@ -231,13 +231,17 @@ def _pool_status(
     }
     if p.backlog is not None:
         out["backlog"] = p.backlog
+    previous_pool: Mapping[str, Any] = next(
+        (q for q in previous.get("pools") or [] if q.get("name") == p.name), {}
+    )
     pool_health = next((h for h in report.pools if h.name == p.name), None) if report else None
     if pool_health is not None:
         out["workersAnswering"] = pool_health.answering
         out["workersChecked"] = pool_health.checked
-    previous_pool: Mapping[str, Any] = next(
-        (q for q in previous.get("pools") or [] if q.get("name") == p.name), {}
-    )
+    elif report is None:  # no cycle this time: keep the last one's counts rather than drop them
+        for key in ("workersAnswering", "workersChecked"):
+            if key in previous_pool:
+                out[key] = previous_pool[key]
     before: list[Any] = list(previous_pool.get("restarts") or [])
     made: list[dict[str, Any]] = []
     if report is not None:
@@ -271,8 +275,12 @@ def restart_times(previous: Mapping[str, Any]) -> dict[str, list[tuple[str, date
     return times
 
 
-def _health_condition(report: monitor.HealthReport | None) -> tuple[str, str, str]:
+def _health_condition(
+    report: monitor.HealthReport | None, last: Mapping[str, Any] | None
+) -> tuple[str, str, str]:
     if report is None:
+        if last is not None:
+            return str(last["status"]), str(last["reason"]), str(last.get("message", ""))
         return "Unknown", Reason.NOT_CHECKED, "the workers have not been asked yet"
     if report.guard == monitor.BROKER_UNREACHABLE:
         return "Unknown", Reason.WORKERS_UNREACHABLE, report.message
@@ -292,8 +300,11 @@ def _health_condition(report: monitor.HealthReport | None) -> tuple[str, str, st
     return "True", Reason.ALL_ANSWERING, f"{answering}/{checked} workers answered, none hung"
 
 
-def _conditions(seen: Observation) -> list[tuple[str, str, str, str]]:
-    """(type, status, reason, message) for each condition, in a fixed order."""
+def _conditions(
+    seen: Observation, last_health: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) for each condition, in a fixed order. Without a health
+    report this time, the last WorkersHealthy condition stands."""
     unavailable = [p.name for p in seen.pools if p.available < p.desired]
     rolling = [p.name for p in seen.pools if not p.rolled_out]
     if seen.beat_enabled and not seen.beat_rolled_out:
@@ -343,7 +354,7 @@ def _conditions(seen: Observation) -> list[tuple[str, str, str, str]]:
         (PROGRESSING, *progressing),
         (DEGRADED, *degraded),
         (BROKER_REACHABLE, *broker),
-        (WORKERS_HEALTHY, *_health_condition(seen.health)),
+        (WORKERS_HEALTHY, *_health_condition(seen.health, last_health)),
     ]
 
 

@@ -200,3 +200,10 @@ def test_guards_say_why_nobody_was_judged() -> None:
         "False",
         "MassUnresponsive",
     )
+
+
+def test_a_reconcile_without_a_health_cycle_keeps_the_last_findings() -> None:
+    checked = compute(_healthy(health=_report()), {}, T0)
+    again = compute(_healthy(), checked.status, T0 + timedelta(seconds=5))
+    assert again.status == checked.status
+    assert again.transitions == []
