@@ -31,9 +31,11 @@ integration: deps
 e2e: deps
 	$(PY) -m pytest tests/e2e
 
-# Figures, not pass/fail: the probes' CPU, wall time and broker traffic against `inspect ping`.
+# Figures, not pass/fail: the probes' CPU, wall time and broker traffic against `inspect ping`,
+# and the hung-worker monitor's broker traffic per cycle and detection time for 1, 10, 50 workers.
 bench: deps
 	$(PY) -m tests.bench.bench_probes
+	$(PY) -m tests.bench.bench_hung
 
 cluster: deps
 	@cluster/up.sh

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from celery_operator.health import Reply
 from celery_operator.queues import KeyScheme
@@ -22,6 +23,10 @@ from celery_operator.queues import KeyScheme
 CONNECT_ATTEMPTS: Final = 1
 """Attempts to reach the broker before a cycle gives up: a monitor must not wait on a broker that
 is down, it must say so (and restart nobody)."""
+
+
+BROKER_ERRORS: Final[tuple[type[BaseException], ...]] = (OperationalError, OSError)
+"""What kombu raises when it cannot connect (OSError covers refused and timed-out sockets)."""
 
 
 class WorkersUnreachable(Exception):  # noqa: N818 (a state, named as the callers read it)
@@ -51,24 +56,40 @@ def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
 def census(app: Celery, *, expected: int, timeout: float) -> dict[str, Reply]:
     """Every answering worker's reply, by node name. Raises WorkersUnreachable without a broker.
 
-    A worker counts as answering when it replied to any of the three; ``processed`` and ``slots``
-    come from ``stats`` and are None when only ``ping`` or ``active`` reached it in time.
+    A worker counts as answering when it replied to ping; ``stats`` and ``active`` then go to the
+    workers that did, and ``processed`` and ``slots`` are None when its ``stats`` reply was late.
     """
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
-            inspect = app.control.inspect(
-                timeout=timeout, limit=max(1, expected), connection=connection
+            control = app.control
+            pings = (
+                control.inspect(
+                    timeout=timeout, limit=max(1, expected), connection=connection
+                ).ping()
+                or {}
             )
-            pings = inspect.ping() or {}
-            stats = inspect.stats() or {}
-            active = inspect.active() or {}
-    except app.connection_for_write().connection_errors as error:
+            # Only the workers that answered ping are waited for next: a silent worker costs
+            # one timeout per cycle, not three.
+            nodes = sorted(pings)
+            stats: dict[str, Any] = {}
+            active: dict[str, Any] = {}
+            if nodes:
+                ask = control.inspect(
+                    timeout=timeout, limit=len(nodes), destination=nodes, connection=connection
+                )
+                stats = ask.stats() or {}
+                active = ask.active() or {}
+    except BROKER_ERRORS + _connection_errors(app) as error:
         raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
-    except OSError as error:
-        raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
-    nodes = set(pings) | set(stats) | set(active)
-    return {node: _reply(stats.get(node), active.get(node)) for node in nodes}
+    return {node: _reply(stats.get(node), active.get(node)) for node in pings}
+
+
+def _connection_errors(app: Celery) -> tuple[type[BaseException], ...]:
+    """The transport's own connection errors (redis-py's, for Redis), which kombu may let
+    through unwrapped."""
+    errors: tuple[type[BaseException], ...] = app.connection_for_write().connection_errors
+    return errors
 
 
 def _reply(stats: Mapping[str, Any] | None, active: Any) -> Reply:
