@@ -384,8 +384,8 @@ def report(costs: Sequence[HungCost]) -> str:
         "  all N workers = N^2 per cycle (ping only; computed, not run).",
         f"detection: from SIGSTOP of {costs[0].stopped_pod} until a cycle decides its restart; "
         "cycles run back to back",
-        f"  when due. With a silent worker each broadcast waits out the {CENSUS_TIMEOUT:g}s "
-        "timeout, so a cycle",
+        f"  when due. With a silent worker the ping broadcast waits out the {CENSUS_TIMEOUT:g}s "
+        "timeout (stats and active go to the answering workers only), so a cycle",
         "  takes about "
         + ", ".join(
             f"{statistics.fmean(c.silent_cycle_seconds):.1f}s (N={c.workers})" for c in costs

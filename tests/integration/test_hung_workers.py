@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -142,15 +142,14 @@ class Monitor:
         cycles: list[Cycle] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            cycles.append(self.paced(self.cycle))
+            cycles.append(self.tick())
         return cycles
 
-    @staticmethod
-    def paced(step: Callable[[], Cycle]) -> Cycle:
-        """Runs ``step`` and then waits out the rest of PERIOD."""
+    def tick(self) -> Cycle:
+        """One cycle, then the rest of PERIOD (also when the cycle raises)."""
         started = time.monotonic()
         try:
-            return step()
+            return self.cycle()
         finally:
             time.sleep(max(0.0, PERIOD - (time.monotonic() - started)))
 
@@ -192,7 +191,7 @@ def wait_active(monitor: Monitor, worker: str, count: int) -> Cycle:
     """Cycle until ``worker`` reports ``count`` active tasks; returns that cycle."""
 
     def running() -> Cycle | None:
-        done = monitor.paced(monitor.cycle)
+        done = monitor.tick()
         reply = done.replies.get(worker)
         return done if reply is not None and len(reply.active) == count else None
 
@@ -215,20 +214,19 @@ def test_stopped_main_process_is_unresponsive_and_the_other_healthy(
         first = monitor.cycle()
         assert first.kinds() == BOTH_HEALTHY
         with stopped(w1):
-            cycles = [monitor.paced(monitor.cycle) for _ in range(POLICY.unresponsive_cycles)]
+            cycles = [monitor.tick() for _ in range(POLICY.unresponsive_cycles)]
         for number, done in enumerate(cycles, start=1):
             assert set(done.replies) == {"w2"}, done
             # Counted from what was observed: 2 answered, then 1 of them. One of two is no mass.
             assert (done.answered_before, len(done.replies)) == (2 if number == 1 else 1, 1)
-            assert not done.guarded
-            assert not mass_failure(2, 1)
+            assert not mass_failure(done.answered_before, len(done.replies))
             assert done.verdicts["w2"].kind is Kind.HEALTHY
             expected = Kind.UNRESPONSIVE if number >= POLICY.unresponsive_cycles else Kind.HEALTHY
             assert done.verdicts["w1"].kind is expected, done.verdicts["w1"]
         assert "3 cycles in a row" in cycles[-1].verdicts["w1"].evidence
         # Once it runs again it answers again, and is healthy from the next cycle on.
         wait_for(
-            lambda: monitor.paced(monitor.cycle).kinds() == BOTH_HEALTHY,
+            lambda: monitor.tick().kinds() == BOTH_HEALTHY,
             timeout=15,
             interval=0,
             message="w1 did not answer again after SIGCONT",
@@ -243,19 +241,18 @@ def test_every_slot_on_one_task_with_a_backlog_is_stuck(
     try:
         with Monitor(redis_url, [pod(worker)]) as monitor:
             send_sleeps(redis_url, FOREVER, 2)
-            busy_since = time.monotonic()
-            wait_active(monitor, "w1", 2)
+            cycles = [wait_active(monitor, "w1", 2)]
             send_sleeps(redis_url, 1, 3)
-            cycles = monitor.run(POLICY.stuck_seconds + 3)
+            cycles += monitor.run(POLICY.stuck_seconds + 3)
             last = cycles[-1]
             assert last.backlog == 3, "the backlog was consumed: the slots were not all busy"
             kinds = [done.verdicts["w1"].kind for done in cycles]
             assert kinds[-1] is Kind.STUCK, cycles[-1]
             # Stuck only from the limit on, and for good once it is: before, it is merely busy.
             first_stuck = kinds.index(Kind.STUCK)
-            assert set(kinds[:first_stuck]) <= {Kind.BUSY}, kinds
+            assert first_stuck > 0, kinds
+            assert set(kinds[:first_stuck]) == {Kind.BUSY}, kinds
             assert set(kinds[first_stuck:]) == {Kind.STUCK}, kinds
-            assert time.monotonic() - busy_since >= POLICY.stuck_seconds
             evidence = last.verdicts["w1"].evidence
             assert "all 2 slot(s)" in evidence
             assert "3 message(s) waiting" in evidence
@@ -302,7 +299,7 @@ def test_broker_outage_of_a_minute_judges_nobody(
         while time.monotonic() < deadline:
             started = time.monotonic()
             with pytest.raises(WorkersUnreachable):
-                monitor.paced(monitor.cycle)
+                monitor.tick()
             # A monitor must say the broker is down, not wait for it.
             assert time.monotonic() - started < PERIOD + 5
             failures += 1
@@ -313,12 +310,16 @@ def test_broker_outage_of_a_minute_judges_nobody(
 
         def recovered() -> bool:
             with contextlib.suppress(WorkersUnreachable):
-                done = monitor.paced(monitor.cycle)
+                done = monitor.tick()
                 return done.kinds() == BOTH_HEALTHY
             return False
 
         wait_for(recovered, timeout=60, interval=0, message="the workers did not come back")
         after = monitor.history[judged:]
+        # After a minute Celery's reconnect backoff is well over 10 s: the broker is back before
+        # the workers, and the cycles in between hear nobody. The guard must hold them back, or
+        # they would count as missing cycles and end up unresponsive.
+        assert any(done.guarded for done in after), [done.replies for done in after]
         hung = [v for done in after for v in done.verdicts.values() if v.kind in HUNG]
         assert not hung, hung
     w1.assert_running()
@@ -334,7 +335,7 @@ def test_mass_silence_holds_every_verdict_back(
     with Monitor(redis_url, [pod(w1), pod(w2)]) as monitor:
         assert monitor.cycle().kinds() == BOTH_HEALTHY
         with stopped(w1, w2):
-            cycles = [monitor.paced(monitor.cycle) for _ in range(POLICY.unresponsive_cycles + 1)]
+            cycles = [monitor.tick() for _ in range(POLICY.unresponsive_cycles + 1)]
         for done in cycles:
             assert done.replies == {}
             assert done.answered_before == 2
