@@ -38,7 +38,8 @@ HUNG: Final = frozenset({Kind.UNRESPONSIVE, Kind.STUCK})
 
 @dataclass(frozen=True)
 class Reply:
-    """A worker's answer to one cycle: from ``stats`` its processed count and pool size (None when
+    """A worker's answer to one cycle: from ``stats`` its count of tasks started (``total``) and
+    pool size (None when
     only ``ping`` or ``active`` reached it in time), from ``active`` the ids of its tasks."""
 
     processed: int | None
@@ -115,8 +116,9 @@ def judge(
 
     * UNRESPONSIVE: no answer for ``unresponsive_cycles`` cycles in a row, from a worker that has
       answered before or has had its whole startup time to do so.
-    * STUCK: it answers, but every pool slot has run the same task for ``stuck_seconds``, nothing
-      has finished in that time, and its queues have work waiting.
+    * STUCK: it answers, but every pool slot has run the same task for ``stuck_seconds``, no new
+      task has started in that time (``stats``' ``total`` counts tasks as they start), and its
+      queues have work waiting.
     * BUSY: long tasks that are not (yet) stuck, or stuck-looking ones with no backlog behind them.
     """
     if reply is None:
@@ -143,7 +145,7 @@ def judge(
             pod,
             Kind.STUCK,
             f"all {reply.slots} slot(s) running the same tasks for at least "
-            f"{_seconds(now - oldest)}, nothing finished for {_seconds(idle_for)} "
+            f"{_seconds(now - oldest)}, no new task started for {_seconds(idle_for)} "
             f"(limit {policy.stuck_seconds}s), {backlog} message(s) waiting",
         )
     busy = f"{len(reply.active)}/{reply.slots or '?'} slot(s) busy"

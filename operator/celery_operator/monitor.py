@@ -27,6 +27,11 @@ Census = Callable[[str, KeyScheme, int], Mapping[str, health.Reply]]
 
 ClusterKey = tuple[str, str]
 
+RECOVERY: Final = timedelta(seconds=60)
+"""After a guard lifts, missed cycles count for nobody this long: workers reconnect on Celery's
+own backoff (2, 4, 6... seconds), some later than others, and must not be judged Unresponsive
+for it."""
+
 BROKER_UNREACHABLE: Final = "BrokerUnreachable"
 MASS_UNRESPONSIVE: Final = "MassUnresponsive"
 
@@ -80,6 +85,8 @@ class _ClusterMemory:
     workers: dict[str, health.Memory] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     reported: set[tuple[str, health.Kind]] = field(default_factory=set)
+    quiet_until: datetime | None = None
+    """Missed cycles do not count before this (set while a guard holds, see RECOVERY)."""
     restarted: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     """Pods this monitor deleted, by name: (pool, when). Never judged again while they linger,
     counted as unavailable, and counted in the budget even before status records them."""
@@ -147,6 +154,7 @@ class HealthMonitor:
         try:
             replies = self.census(broker_url, spec.broker.keys, len(running))
         except Exception as error:  # the broker is down: this says nothing about the workers
+            memory.quiet_until = now + RECOVERY
             memory.last = HealthReport(
                 at=now,
                 guard=BROKER_UNREACHABLE,
@@ -159,6 +167,7 @@ class HealthMonitor:
         before = memory.answered & names
         if health.mass_failure(len(before), len(before & answered)):
             silent = len(before - answered)
+            memory.quiet_until = now + RECOVERY
             memory.last = HealthReport(
                 at=now,
                 guard=MASS_UNRESPONSIVE,
@@ -180,8 +189,11 @@ class HealthMonitor:
             )
             waiting = None if backlog is None else backlog.get(pool_name, 0)
             hung: list[tuple[WorkerPod, health.Verdict]] = []
+            quiet = memory.quiet_until is not None and now < memory.quiet_until
             for pod in members:
                 reply = by_pod.get(pod.name)
+                if reply is None and quiet and pod.name in memory.workers:
+                    continue  # still reconnecting after an outage, probably: not judged yet
                 remembered = health.remember(memory.workers.get(pod.name), reply, now)
                 memory.workers[pod.name] = remembered
                 verdict = health.judge(

@@ -118,7 +118,7 @@ def test_stuck_evidence_names_the_numbers() -> None:
     memory = _run([(0, BUSY_FOREVER), (650, BUSY_FOREVER)])
     verdict = judge("p", memory, BUSY_FOREVER, POLICY, backlog=4, pod_age=OLD, now=_at(650))
     assert verdict.evidence == (
-        "all 2 slot(s) running the same tasks for at least 650s, nothing finished for 650s "
+        "all 2 slot(s) running the same tasks for at least 650s, no new task started for 650s "
         "(limit 600s), 4 message(s) waiting"
     )
 

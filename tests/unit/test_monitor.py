@@ -177,3 +177,17 @@ def test_due_once_per_interval() -> None:
     assert monitor.due(KEY, T0 + timedelta(seconds=10))
     monitor.forget(KEY)
     assert monitor.last(KEY) is None
+
+
+def test_after_an_outage_late_reconnects_are_not_judged_for_a_minute() -> None:
+    census = ScriptedCensus()
+    monitor = HealthMonitor(census, interval=10)
+    pods = _pods(3)
+    everyone = {p.name: OK for p in pods}
+    late = {"w0": OK, "w1": OK}  # w2 reconnects on a longer backoff
+    down = WorkersUnreachable("refused")
+    # Cycles every 10 s: outage at 10 s, back at 20 s; w2 silent until 80 s.
+    reports = _cycles(monitor, census, [everyone, down, *[late] * 6, late, late, late], pods)
+    restarted = [(i, r.pod) for i, report in enumerate(reports) for r in report.restarts]
+    # Quiet until 10 + 60 = 70 s: misses count from the cycle at 70 s, the third at 90 s.
+    assert restarted == [(9, "w2")]
