@@ -48,7 +48,6 @@ def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
         broker_connection_timeout=timeout,
         broker_connection_retry=False,
         broker_connection_max_retries=CONNECT_ATTEMPTS,
-        control_reply_expires=timeout * 4,  # reply keys must not outlive us (celery issue 6089)
     )
     return app
 
