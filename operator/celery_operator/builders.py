@@ -34,6 +34,8 @@ PROBE_COMMAND: Final = "celery-probe"
 PROBE_STATE_DIR: Final = "/run/celery-probe"
 PROBE_STATE_VOLUME: Final = "celery-probe"
 STARTUP_PERIOD_SECONDS: Final = 2
+HEARTBEAT_LIMIT_SECONDS: Final = 5
+"""``celery-probe worker-live``'s default ``--max-age`` (``celery_probes.state``)."""
 LIVENESS_KILL_GRACE_SECONDS: Final = 10
 """The grace a container gets when its liveness probe fails, instead of the pod's (60 s for
 workers). A stopped or blocked main process never runs its SIGTERM handler, so waiting longer

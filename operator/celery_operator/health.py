@@ -52,6 +52,8 @@ class Memory:
     """What the monitor remembers about one worker pod between cycles."""
 
     missed: int = 0
+    silent_since: datetime | None = None
+    """The first cycle of the current run of missed ones."""
     answered_ever: bool = False
     processed: int | None = None
     progress_at: datetime | None = None
@@ -65,6 +67,10 @@ class Policy:
     unresponsive_cycles: int
     stuck_seconds: int
     startup_seconds: int
+    min_silence_seconds: int = 0
+    """A silence shorter than this is left to the kubelet: with a liveness probe, a worker whose
+    main loop stops is restarted by the kubelet within the probe's window, so the operator acts
+    only when that did not help (or when there is no probe)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ def remember(previous: Memory | None, reply: Reply | None, now: datetime) -> Mem
     if reply is None:
         return Memory(
             missed=before.missed + 1,
+            silent_since=before.silent_since or now,
             answered_ever=before.answered_ever,
             processed=before.processed,
             progress_at=before.progress_at,
@@ -124,13 +131,19 @@ def judge(
     if reply is None:
         if not memory.answered_ever and pod_age.total_seconds() < policy.startup_seconds:
             return Verdict(pod, Kind.STARTING, "has not answered yet; still within its startup")
-        if memory.missed >= policy.unresponsive_cycles:
+        silent = now - (memory.silent_since or now)
+        if memory.missed >= policy.unresponsive_cycles and silent >= timedelta(
+            seconds=policy.min_silence_seconds
+        ):
             return Verdict(
                 pod,
                 Kind.UNRESPONSIVE,
-                f"no answer to ping/stats/active for {memory.missed} cycles in a row",
+                f"no answer to ping/stats/active for {memory.missed} cycles in a row "
+                f"({_seconds(silent)})",
             )
-        return Verdict(pod, Kind.HEALTHY, f"missed {memory.missed} cycle(s)")
+        return Verdict(
+            pod, Kind.HEALTHY, f"missed {memory.missed} cycle(s); the kubelet may restart it"
+        )
     if not reply.active:
         return Verdict(pod, Kind.HEALTHY, "idle" if backlog == 0 else "consuming")
     limit = timedelta(seconds=policy.stuck_seconds)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from celery_operator import health
+from celery_operator.builders import HEARTBEAT_LIMIT_SECONDS, LIVENESS_KILL_GRACE_SECONDS
 from celery_operator.queues import KeyScheme
 from celery_operator.spec import ClusterSpec
 
@@ -186,6 +187,7 @@ class HealthMonitor:
                 unresponsive_cycles=pool.hung.unresponsive_cycles,
                 stuck_seconds=pool.hung.stuck_after_seconds,
                 startup_seconds=spec.probes.startup_timeout_seconds,
+                min_silence_seconds=kubelet_window(spec),
             )
             waiting = None if backlog is None else backlog.get(pool_name, 0)
             hung: list[tuple[WorkerPod, health.Verdict]] = []
@@ -264,6 +266,26 @@ class HealthMonitor:
                     memory.reported.add((verdict.pod, verdict.kind))
                     fresh.append(verdict)
         return fresh
+
+
+KUBELET_RESTART_MARGIN_SECONDS: Final = 20
+"""Time for a worker the kubelet restarted to start and answer again."""
+
+
+def kubelet_window(spec: ClusterSpec) -> int:
+    """Seconds within which the kubelet's liveness probe restarts a worker whose main loop
+    stopped (heartbeat limit, failures in a row, kill grace, restart); 0 without the probe.
+    The monitor leaves a silence that short to the kubelet, so the two never race."""
+    probes = spec.probes
+    live = probes.worker_liveness
+    if not (probes.enabled and live.enabled):
+        return 0
+    return (
+        HEARTBEAT_LIMIT_SECONDS
+        + live.period_seconds * live.failure_threshold
+        + LIVENESS_KILL_GRACE_SECONDS
+        + KUBELET_RESTART_MARGIN_SECONDS
+    )
 
 
 def _unchecked(

@@ -130,13 +130,17 @@ def pod_name(i: int) -> str:
 
 
 def cluster_spec(workers: int) -> ClusterSpec:
-    """One pool, ``default``, restarting workers that miss ``UNRESPONSIVE_CYCLES`` cycles."""
+    """One pool, ``default``, restarting workers that miss ``UNRESPONSIVE_CYCLES`` cycles.
+
+    Without liveness probes: with them the monitor leaves a silence to the kubelet first (about
+    65 s by default), and no kubelet runs here; this measures the monitor's own detection."""
     return parse_cluster(
         KEY[1],
         {
             "image": "x",
             "app": "celery_demo",
             "broker": {"urlSecretRef": {"name": "b"}},
+            "probes": {"enabled": False},
             "workers": [
                 {
                     "name": POOL,

@@ -164,3 +164,23 @@ def test_restart_budget(recent: list[int], replicas: int, unavailable: int, allo
         now=T0,
     )
     assert got == allowed
+
+
+def test_a_silence_shorter_than_the_kubelets_window_is_not_unresponsive() -> None:
+    policy = Policy(
+        unresponsive_cycles=3, stuck_seconds=600, startup_seconds=120, min_silence_seconds=45
+    )
+    cycles: list[tuple[float, Reply | None]] = [
+        (0, Reply(1, 2)),
+        (10, None),
+        (20, None),
+        (30, None),
+    ]
+    memory = _run(cycles)
+    early = judge("p", memory, None, policy, backlog=0, pod_age=OLD, now=_at(30))
+    assert early.kind == Kind.HEALTHY
+    assert "the kubelet may restart it" in early.evidence
+    memory = remember(memory, None, _at(55))
+    late = judge("p", memory, None, policy, backlog=0, pod_age=OLD, now=_at(55))
+    assert late.kind == Kind.UNRESPONSIVE
+    assert late.evidence == "no answer to ping/stats/active for 4 cycles in a row (45s)"

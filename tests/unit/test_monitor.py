@@ -13,6 +13,7 @@ from celery_operator.monitor import (
     HealthMonitor,
     HealthReport,
     WorkerPod,
+    kubelet_window,
 )
 from celery_operator.queues import KeyScheme
 from celery_operator.remote import WorkersUnreachable
@@ -51,8 +52,10 @@ def _pods(count: int, **changes: Any) -> list[WorkerPod]:
     return [WorkerPod(name=f"w{i}", **base) for i in range(count)]
 
 
-def _spec(**hung: Any) -> Any:
+def _spec(probes: bool = False, **hung: Any) -> Any:
+    """Without liveness probes unless asked: then the monitor alone handles silent workers."""
     raw = with_changes(minimal_spec(), "workers.0.replicas", 8)
+    raw = with_changes(raw, "probes", {"enabled": probes})
     return parse_cluster("demo", with_changes(raw, "workers.0.hungWorkers", hung))
 
 
@@ -191,3 +194,28 @@ def test_after_an_outage_late_reconnects_are_not_judged_for_a_minute() -> None:
     restarted = [(i, r.pod) for i, report in enumerate(reports) for r in report.restarts]
     # Quiet until 10 + 60 = 70 s: misses count from the cycle at 70 s, the third at 90 s.
     assert restarted == [(9, "w2")]
+
+
+def test_with_liveness_probes_a_silence_is_left_to_the_kubelet_first() -> None:
+    census = ScriptedCensus()
+    monitor = HealthMonitor(census, interval=10)
+    pods = _pods(3)
+    spec = _spec(probes=True)
+    window = kubelet_window(spec)
+    assert window == 5 + 10 * 3 + 10 + 20  # heartbeat, 3 failures 10 s apart, kill grace, restart
+    everyone = {p.name: OK for p in pods}
+    without_w1 = {"w0": OK, "w2": OK}
+    reports = _cycles(monitor, census, [everyone, *[without_w1] * 9], pods, spec=spec)
+    restarted = [(i, r.pod) for i, report in enumerate(reports) for r in report.restarts]
+    # Silent from the cycle at 10 s: three misses by 30 s, but 65 s of silence only at 80 s.
+    assert restarted == [(8, "w1")]
+    assert "the kubelet may restart it" in monitor_evidence(reports[3], "w1")
+    assert kubelet_window(_spec(probes=False)) == 0
+
+
+def monitor_evidence(report: HealthReport, pod: str) -> str:
+    return (
+        "the kubelet may restart it"
+        if not any(v.pod == pod for pool in report.pools for v in pool.hung)
+        else "hung"
+    )
