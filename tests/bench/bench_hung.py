@@ -101,7 +101,7 @@ class HungCost:
     detection_cycles: int
     """Cycles run after the SIGSTOP, the deciding one included."""
     silent_cycle_seconds: tuple[float, ...]
-    """Wall time of each of those cycles: a silent worker makes each broadcast wait its timeout."""
+    """Wall time of each of those cycles: a silent worker makes the ping wait out its timeout."""
 
     @property
     def census_wall(self) -> float:
