@@ -175,6 +175,12 @@ class Clusters:
         spec = self.deployments()[deployment]["spec"]["template"]["spec"]
         return list(spec["containers"][0]["args"])
 
+    def event_messages(self, reason: str, involved: str | None = None) -> list[str]:
+        """Messages of this namespace's Events with ``reason`` (about ``involved``, if named)."""
+        selector = f"reason={reason}" + (f",involvedObject.name={involved}" if involved else "")
+        events = self.core.list_namespaced_event(self.namespace, field_selector=selector)
+        return [e.message or "" for e in events.items]
+
     def put_secret(self, name: str, data: dict[str, str]) -> None:
         encoded: dict[str, bytes | str] = {
             k: base64.b64encode(v.encode()).decode() for k, v in data.items()

@@ -35,13 +35,6 @@ def _pods(clusters: Clusters) -> dict[str, dict[str, Any]]:
     }
 
 
-def _events(api_client: client.ApiClient, namespace: str, reason: str) -> list[str]:
-    events = client.CoreV1Api(api_client).list_namespaced_event(
-        namespace, field_selector=f"reason={reason}"
-    )
-    return [e.message or "" for e in events.items]
-
-
 def test_a_stuck_worker_is_replaced_and_its_queue_drains(
     operator: KopfRunner,
     clusters: Clusters,
@@ -77,7 +70,7 @@ def test_a_stuck_worker_is_replaced_and_its_queue_drains(
     wait_for(
         replaced, timeout=STUCK_AFTER_SECONDS + 90, message="the stuck worker was not replaced"
     )
-    [message] = _events(api_client, clusters.namespace, "RestartedHungWorker")
+    [message] = clusters.event_messages("RestartedHungWorker")
     assert f"deleted pod {stuck_pod}" in message
     assert "Stuck" in message
     assert "message(s) waiting" in message
@@ -130,4 +123,4 @@ def test_with_the_broker_gone_no_worker_is_restarted(
         after = {name: pod["metadata"]["uid"] for name, pod in _pods(clusters).items()}
         assert after == before, "a worker pod was replaced while the broker was down"
         time.sleep(2)
-    assert _events(api_client, clusters.namespace, "RestartedHungWorker") == []
+    assert clusters.event_messages("RestartedHungWorker") == []

@@ -97,10 +97,7 @@ def test_kubelet_restarts_a_stopped_worker_and_spares_a_busy_one(
         timeout=90,
         message=f"the restarted worker {idle} did not become ready",
     )
-    events = client.CoreV1Api(api_client).list_namespaced_event(
-        clusters.namespace, field_selector=f"involvedObject.name={idle},reason=Unhealthy"
-    )
-    messages = " ".join(e.message or "" for e in events.items)
+    messages = " ".join(clusters.event_messages("Unhealthy", involved=idle))
     assert "no heartbeat" in messages, messages  # the probe's own words reach the user
 
     assert result.get(timeout=LONG_TASK_SECONDS + 30) == LONG_TASK_SECONDS
