@@ -66,16 +66,28 @@ class Owner:
         }
 
 
-def desired_children(owner: Owner, spec: ClusterSpec) -> list[dict[str, Any]]:
-    """Every object the cluster should have: a Deployment per pool, and beat when enabled."""
-    children = [worker_deployment(owner, spec, pool) for pool in spec.workers]
+def desired_children(
+    owner: Owner, spec: ClusterSpec, replicas: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """Every object the cluster should have: a Deployment per pool, and beat when enabled.
+
+    ``replicas`` overrides the spec's count per pool name: the autoscaler's, for the pools it
+    scales.
+    """
+    chosen = replicas or {}
+    children = [
+        worker_deployment(owner, spec, pool, chosen.get(pool.name)) for pool in spec.workers
+    ]
     if spec.beat.enabled:
         children.append(beat_statefulset(owner, spec))
     return children
 
 
-def worker_deployment(owner: Owner, spec: ClusterSpec, pool: WorkerPool) -> dict[str, Any]:
-    """The Deployment running ``celery worker`` for ``pool``.
+def worker_deployment(
+    owner: Owner, spec: ClusterSpec, pool: WorkerPool, replicas: int | None = None
+) -> dict[str, Any]:
+    """The Deployment running ``celery worker`` for ``pool``, with ``replicas`` (else the
+    spec's).
 
     Rolling updates start new workers before old ones go (``maxUnavailable: 0``); an old worker
     receives SIGTERM, which Celery takes as a warm shutdown: it stops consuming and finishes its
@@ -120,7 +132,7 @@ def worker_deployment(owner: Owner, spec: ClusterSpec, pool: WorkerPool) -> dict
         "kind": "Deployment",
         "metadata": _metadata(owner, naming.worker_name(owner.name, pool.name), selector),
         "spec": {
-            "replicas": pool.replicas,
+            "replicas": pool.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
@@ -186,12 +198,15 @@ def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
 
 
 def spec_hash(obj: Mapping[str, Any]) -> str:
-    """A short, stable hash of a desired object (its own hash annotation left out)."""
+    """A short, stable hash of a desired object, its own hash annotation and its replicas left
+    out: a count the autoscaler changes is set by a field comparison (drift), never by a whole
+    re-apply."""
     metadata = dict(obj.get("metadata", {}))
     annotations = {
         k: v for k, v in metadata.get("annotations", {}).items() if k != naming.SPEC_HASH_ANNOTATION
     }
-    body = {**obj, "metadata": {**metadata, "annotations": annotations}}
+    spec = {k: v for k, v in (obj.get("spec") or {}).items() if k != "replicas"}
+    body = {**obj, "metadata": {**metadata, "annotations": annotations}, "spec": spec}
     encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

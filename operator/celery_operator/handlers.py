@@ -17,11 +17,12 @@ import redis
 from celery import Celery
 
 from celery_operator import GROUP, PLURAL, VERSION, broker, health, naming, remote
+from celery_operator.autoscaler import Autoscaler, TaskCensus
 from celery_operator.kube import Kube, load_api_client
 from celery_operator.loops import ClusterLoops
 from celery_operator.monitor import Census, HealthMonitor
 from celery_operator.queues import KeyScheme
-from celery_operator.reconciler import BacklogReader, Reconciler
+from celery_operator.reconciler import BacklogReader, Reconciler, utcnow
 from celery_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,19 @@ def census(timeout: float) -> Census:
     return ask
 
 
+def tasks_census(timeout: float) -> TaskCensus:
+    """Asks workers what they hold, with control apps of its own (it runs in its own thread)."""
+    apps: dict[tuple[str, KeyScheme], Celery] = {}
+
+    def ask(url: str, keys: KeyScheme, nodes: Sequence[str]) -> dict[str, tuple[int, int]]:
+        app = apps.get((url, keys))
+        if app is None:
+            app = apps[(url, keys)] = remote.control_app(url, keys, timeout=timeout)
+        return remote.tasks_in_hand(app, nodes, timeout=timeout)
+
+    return ask
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Settings = memo.get("settings") or from_env()
@@ -66,7 +80,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     monitor = HealthMonitor(
         census(config.census_timeout_seconds), interval=config.health_interval_seconds
     )
-    reconciler = Reconciler(kube, backlog_reader(config.broker_timeout_seconds), monitor=monitor)
+    # The autoscaler has a reader of its own: it polls from its own thread, every second.
+    autoscaler = Autoscaler(
+        kube,
+        backlog_reader(config.broker_timeout_seconds),
+        tasks_census(config.census_timeout_seconds),
+        clock=utcnow,
+    )
+    reconciler = Reconciler(
+        kube,
+        backlog_reader(config.broker_timeout_seconds),
+        monitor=monitor,
+        autoscaler=autoscaler,
+    )
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
     memo["kube"] = kube
@@ -74,6 +100,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         reconciler.reconcile,
         interval=config.reconcile_interval_seconds,
         debounce=config.event_debounce_seconds,
+        poll=reconciler.autoscale,
     )
 
 
@@ -112,4 +139,5 @@ def reconcile_stats(memo: kopf.Memo, **_: Any) -> dict[str, int]:
         "reconciles": loops.stats.reconciles,
         "failures": loops.stats.failures,
         "writes": loops.stats.writes,
+        "polls": loops.stats.polls,
     }

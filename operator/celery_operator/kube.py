@@ -146,6 +146,31 @@ class Kube:
         assert result is not None
         return result
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replicas (the autoscaler's one write per scaling decision)."""
+        path = f"{_CHILD_PATHS['Deployment'].format(namespace=namespace)}/{quote(name)}"
+        self._write(
+            "PATCH",
+            path,
+            {"fieldManager": MANAGER},
+            {"spec": {"replicas": replicas}},
+            "application/merge-patch+json",
+        )
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge ``annotations`` into a pod's; a pod gone meanwhile is no error."""
+        try:
+            self._write(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/pods/{quote(name)}",
+                {"fieldManager": MANAGER},
+                {"metadata": {"annotations": dict(annotations)}},
+                "application/merge-patch+json",
+            )
+        except KubeError as error:
+            if not error.not_found:
+                raise
+
     def delete_child(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a child and, first, its pods (foreground): a StatefulSet of the same name
         created afterwards can then never meet a pod of the old one."""

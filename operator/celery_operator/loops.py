@@ -2,7 +2,9 @@
 
 A loop reconciles at once when woken (the cluster or one of its children changed), and every
 ``interval`` seconds otherwise. Waking a loop that is busy makes it run once more afterwards,
-never twice at the same time, so reconciles of one cluster never race each other.
+never twice at the same time, so reconciles of one cluster never race each other. Between two
+reconciles it runs the autoscaler's polls (``poll``) when the last outcome asks for them
+(``Outcome.poll_in``): in the same loop, so a poll and a reconcile never race either.
 """
 
 from __future__ import annotations
@@ -37,11 +39,19 @@ class Stats:
     reconciles: int = 0
     failures: int = 0
     writes: int = 0
+    polls: int = 0
 
 
 class ClusterLoops:
-    def __init__(self, reconcile: ReconcileFn, interval: float, debounce: float) -> None:
+    def __init__(
+        self,
+        reconcile: ReconcileFn,
+        interval: float,
+        debounce: float,
+        poll: ReconcileFn | None = None,
+    ) -> None:
         self._reconcile = reconcile
+        self._poll = poll
         self._interval = interval
         self._debounce = debounce
         self._loops: dict[ClusterKey, _Loop] = {}
@@ -79,6 +89,7 @@ class ClusterLoops:
             await asyncio.sleep(self._debounce)
             loop.wake.clear()
             delay = self._interval
+            poll_in: float | None = None
             try:
                 outcome = await asyncio.to_thread(self._reconcile, namespace, name)
             except Exception:
@@ -89,6 +100,7 @@ class ClusterLoops:
                 delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_SECONDS)
             else:
                 backoff = 1.0
+                poll_in = outcome.poll_in if self._poll is not None else None
                 self.stats.reconciles += 1
                 self.stats.writes += outcome.writes
                 if not outcome.found:
@@ -103,5 +115,28 @@ class ClusterLoops:
                         outcome.writes,
                         outcome.phase,
                     )
+            await self._wait(namespace, name, loop, delay, poll_in)
+
+    async def _wait(
+        self, namespace: str, name: str, loop: _Loop, delay: float, poll_in: float | None
+    ) -> None:
+        """Until woken or ``delay`` has passed, running the autoscaler's polls as they come due."""
+        deadline = asyncio.get_running_loop().time() + delay
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            timeout = left if poll_in is None else min(left, poll_in)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(loop.wake.wait(), timeout=delay)
+                await asyncio.wait_for(loop.wake.wait(), timeout=max(timeout, 0.0))
+            if loop.wake.is_set() or poll_in is None or timeout >= left:
+                return
+            assert self._poll is not None
+            try:
+                polled = await asyncio.to_thread(self._poll, namespace, name)
+            except Exception:
+                self.stats.failures += 1
+                log.exception("autoscaler poll of %s/%s failed", namespace, name)
+                poll_in = 1.0
+                continue
+            self.stats.polls += 1
+            self.stats.writes += polled.writes
+            poll_in = polled.poll_in

@@ -33,3 +33,28 @@ MONITOR_GUARD: Final = Gauge(
     "MassUnresponsive), else 0.",
     ["namespace", "cluster", "reason"],
 )
+QUEUE_BACKLOG: Final = Gauge(
+    "celery_operator_pool_backlog",
+    "Messages waiting in a pool's queues, every priority list counted, at the last poll.",
+    ["namespace", "cluster", "pool"],
+)
+TASKS_RUNNING: Final = Gauge(
+    "celery_operator_pool_tasks_running",
+    "Tasks a pool's workers were executing at the last answer (inspect active).",
+    ["namespace", "cluster", "pool"],
+)
+TASKS_PREFETCHED: Final = Gauge(
+    "celery_operator_pool_tasks_prefetched",
+    "Tasks a pool's workers held prefetched, not yet started (inspect reserved).",
+    ["namespace", "cluster", "pool"],
+)
+DESIRED_REPLICAS: Final = Gauge(
+    "celery_operator_pool_desired_replicas",
+    "Replicas the autoscaler wants for a pool.",
+    ["namespace", "cluster", "pool"],
+)
+SCALING_DECISIONS: Final = Counter(
+    "celery_operator_scaling_decisions_total",
+    "Replica changes made by the autoscaler, by direction (up, down) and reason.",
+    ["namespace", "cluster", "pool", "direction", "reason"],
+)

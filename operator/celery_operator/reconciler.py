@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery_operator import GROUP, KIND, VERSION, builders, diff, health, metrics, naming, status
+from celery_operator.autoscaler import Autoscaler, Target
 from celery_operator.kube import EventTarget, Kube, KubeError
 from celery_operator.monitor import (
     BROKER_UNREACHABLE,
@@ -49,6 +50,8 @@ class Outcome:
     writes: int = 0
     actions: tuple[diff.Action, ...] = ()
     phase: str = ""
+    poll_in: float | None = None
+    """Seconds until the autoscaler's next poll of this cluster; None when nothing autoscales."""
 
 
 class Reconciler:
@@ -60,11 +63,26 @@ class Reconciler:
         read_backlog: BacklogReader | None,
         clock: Clock = utcnow,
         monitor: HealthMonitor | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.kube = kube
         self.read_backlog = read_backlog
         self.clock = clock
         self.monitor = monitor
+        self.autoscaler = autoscaler
+
+    def autoscale(self, namespace: str, name: str) -> Outcome:
+        """One autoscaler poll of the cluster, between two reconciles."""
+        if self.autoscaler is None:
+            return Outcome(found=True)
+        writes_before = self.kube.writes
+        key = (namespace, name)
+        self.autoscaler.tick(key)
+        return Outcome(
+            found=True,
+            writes=self.kube.writes - writes_before,
+            poll_in=self.autoscaler.next_poll(key),
+        )
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         writes_before = self.kube.writes
@@ -72,6 +90,8 @@ class Reconciler:
         if cluster is None or cluster["metadata"].get("deletionTimestamp"):
             if self.monitor is not None:
                 self.monitor.forget((namespace, name))
+            if self.autoscaler is not None:
+                self.autoscaler.forget((namespace, name))
             return Outcome(found=False)  # the garbage collector removes the children
         meta = cluster["metadata"]
         owner = builders.Owner(
@@ -93,16 +113,30 @@ class Reconciler:
 
         broker_url: str | None = None
         actions: list[diff.Action] = []
+        replicas: dict[str, int] = {}
         if spec is not None:
             broker_url, problem = self._broker_url(namespace, spec)
             problems += [problem] if problem else []
-            desired = builders.desired_children(owner, spec)
+            if self.autoscaler is not None:
+                pools = {
+                    pool.name: live.get(("Deployment", naming.worker_name(name, pool.name))) or {}
+                    for pool in spec.workers
+                }
+                replicas = self.autoscaler.replicas((namespace, name), spec, pools)
+            desired = builders.desired_children(owner, spec, replicas)
             problems += self._name_conflicts(namespace, desired, live, owner.uid)
             if not problems:
                 actions = diff.plan(desired, live.values(), owner.uid)
                 problems += self._execute(actions, namespace, live, target)
                 self._unstick_beat(namespace, name, live, target)
 
+        if self.autoscaler is not None:
+            # Poll only what a reconcile could apply; else hold (a spec being fixed, a Secret
+            # being restored) until one can.
+            tracked = None
+            if spec is not None and broker_url is not None and not problems:
+                tracked = Target(spec, broker_url, target)
+            self.autoscaler.track((namespace, name), tracked)
         queue_backlog, broker_error = self._backlog(spec, broker_url)
         previous = cluster.get("status") or {}
         report = None
@@ -111,9 +145,17 @@ class Reconciler:
                 namespace, name, spec, broker_url, queue_backlog, previous, target
             )
         seen = self._observation(
-            name, meta.get("generation", 0), spec, live, problems, queue_backlog, broker_error
+            name,
+            meta.get("generation", 0),
+            spec,
+            live,
+            problems,
+            queue_backlog,
+            broker_error,
+            replicas,
         )
-        seen = dataclasses.replace(seen, health=report)
+        scaling = self.autoscaler.report((namespace, name)) if self.autoscaler else ()
+        seen = dataclasses.replace(seen, health=report, scaling=scaling)
         update = status.compute(seen, previous, self.clock())
         if _differs(update.status, previous):
             patch = {**{k: None for k in previous if k not in update.status}, **update.status}
@@ -131,6 +173,7 @@ class Reconciler:
             writes=self.kube.writes - writes_before,
             actions=tuple(actions),
             phase=update.status["phase"],
+            poll_in=self.autoscaler.next_poll((namespace, name)) if self.autoscaler else None,
         )
 
     def _health(
@@ -336,6 +379,7 @@ class Reconciler:
         problems: Sequence[status.Problem],
         queue_backlog: Mapping[str, int] | None,
         broker_error: str | None,
+        replicas: Mapping[str, int],
     ) -> status.Observation:
         if spec is None:
             # The spec cannot be read: report what runs, by the labels on the live children.
@@ -357,7 +401,7 @@ class Reconciler:
                 status.observe_pool(
                     pool.name,
                     pool.queues,
-                    pool.replicas,
+                    replicas.get(pool.name, pool.replicas),
                     live.get(("Deployment", naming.worker_name(name, pool.name))),
                     queue_backlog,
                 )

@@ -11,7 +11,7 @@ The calls block (kombu I/O): callers run them in a thread, never on Kopf's event
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from celery import Celery
@@ -82,6 +82,34 @@ def census(app: Celery, *, expected: int, timeout: float) -> dict[str, Reply]:
     except BROKER_ERRORS + _connection_errors(app) as error:
         raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
     return {node: _reply(stats.get(node), active.get(node)) for node in pings}
+
+
+def tasks_in_hand(
+    app: Celery, nodes: Sequence[str], *, timeout: float
+) -> dict[str, tuple[int, int]]:
+    """(running, prefetched) task counts of each of ``nodes`` that answered ``active`` and
+    ``reserved``; a node missing from the result did not answer one of them in time.
+
+    Two broadcasts addressed to ``nodes`` (every worker receives them, only those answer), each
+    returning as soon as all of them have. Raises WorkersUnreachable without a broker.
+    """
+    if not nodes:
+        return {}
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
+            ask = app.control.inspect(
+                timeout=timeout, limit=len(nodes), destination=list(nodes), connection=connection
+            )
+            active = ask.active() or {}
+            reserved = ask.reserved() or {}
+    except BROKER_ERRORS + _connection_errors(app) as error:
+        raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
+    return {
+        node: (len(active[node] or []), len(reserved[node] or []))
+        for node in nodes
+        if node in active and node in reserved
+    }
 
 
 def _connection_errors(app: Celery) -> tuple[type[BaseException], ...]:

@@ -52,6 +52,17 @@ DEFAULT_MAX_RESTARTS: Final = 3
 DEFAULT_RESTART_WINDOW_SECONDS: Final = 600
 DEFAULT_MAX_UNAVAILABLE_PERCENT: Final = 25
 
+DEFAULT_MIN_REPLICAS: Final = 1
+DEFAULT_TARGET_TASKS_PER_SLOT: Final = 1.0
+"""One task per pool slot: enough workers to start everything waiting at once (up to max)."""
+DEFAULT_ACTIVATION_BACKLOG: Final = 0
+DEFAULT_POLL_INTERVAL_SECONDS: Final = 1
+"""One pipelined read of the queue lengths per second: a burst raises replicas within about
+two seconds, where a 30 s poll plus the HPA's 15 s sync takes up to 45."""
+DEFAULT_TOLERANCE_PERCENT: Final = 10
+"""The HPA's tolerance: no change while load is within 10 % of the target."""
+DEFAULT_FALLBACK_AFTER_SECONDS: Final = 30
+
 POOL_TYPES: Final = ("prefork", "threads", "solo", "gevent", "eventlet")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 PERSISTENCE_TYPES: Final = ("emptyDir", "persistentVolumeClaim")
@@ -130,6 +141,47 @@ class HungWorkers:
 
 
 @dataclass(frozen=True)
+class ScalingRules:
+    """How fast one direction may go, as the HPA's ``behavior``: a change waits for the
+    stabilization window, and per period may move by at most the larger of the two steps."""
+
+    stabilization_window_seconds: int
+    max_step_percent: int
+    max_step_pods: int
+    period_seconds: int = 15
+
+
+DEFAULT_SCALE_UP: Final = ScalingRules(
+    stabilization_window_seconds=0, max_step_percent=100, max_step_pods=4
+)
+"""The HPA's: at once, by at most double or four pods (whichever is more) per 15 s."""
+DEFAULT_SCALE_DOWN: Final = ScalingRules(
+    stabilization_window_seconds=300, max_step_percent=100, max_step_pods=0
+)
+"""The HPA's: the highest recommendation of the last five minutes wins."""
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """A pool's replicas from its broker backlog and tasks in hand
+    (``spec.workers[].autoscaling``; see :mod:`celery_operator.scaling`)."""
+
+    enabled: bool = False
+    min_replicas: int = DEFAULT_MIN_REPLICAS
+    max_replicas: int = 1
+    target_tasks_per_slot: float = DEFAULT_TARGET_TASKS_PER_SLOT
+    activation_backlog: int = DEFAULT_ACTIVATION_BACKLOG
+    poll_interval_seconds: int = DEFAULT_POLL_INTERVAL_SECONDS
+    tolerance_percent: int = DEFAULT_TOLERANCE_PERCENT
+    scale_up: ScalingRules = DEFAULT_SCALE_UP
+    scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+    fallback_replicas: int | None = None
+    """With the broker unreadable for ``fallback_after_seconds``, raise the pool to this many
+    replicas (never lower it). None: hold the current replicas."""
+    fallback_after_seconds: int = DEFAULT_FALLBACK_AFTER_SECONDS
+
+
+@dataclass(frozen=True)
 class WorkerPool:
     """One ``celery worker`` Deployment: its queues, concurrency and limits."""
 
@@ -146,6 +198,7 @@ class WorkerPool:
     termination_grace_period_seconds: int = DEFAULT_WORKER_GRACE_SECONDS
     placement: Placement = field(default_factory=Placement)
     hung: HungWorkers = field(default_factory=HungWorkers)
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
 
 
 @dataclass(frozen=True)
@@ -324,7 +377,73 @@ def _parse_pool(r: _Reader) -> WorkerPool:
         ),
         placement=_parse_placement(r),
         hung=_parse_hung(r.object("hungWorkers"), hard),
+        autoscaling=_parse_autoscaling(r.object("autoscaling")),
     )
+
+
+def _parse_autoscaling(r: _Reader) -> Autoscaling:
+    if not r.raw:
+        return Autoscaling()
+    enabled = r.boolean("enabled", default=True)
+    low = r.integer_or("minReplicas", DEFAULT_MIN_REPLICAS, low=0, high=1000)
+    high = r.integer("maxReplicas", low=1, high=1000)
+    if high is None:
+        if enabled:
+            raise SpecError(f"{r.path}.maxReplicas", "is required when autoscaling is enabled")
+        high = max(low, 1)
+    if high < low:
+        raise SpecError(f"{r.path}.maxReplicas", f"must be ≥ minReplicas ({high} < {low})")
+    target = r.raw.get("targetTasksPerSlot", DEFAULT_TARGET_TASKS_PER_SLOT)
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1000:
+        raise SpecError(
+            f"{r.path}.targetTasksPerSlot",
+            f"must be a number above 0, at most 1000 (got {target!r})",
+        )
+    unreadable = r.object("brokerUnreadable")
+    fallback = unreadable.integer("fallbackReplicas", low=0, high=1000)
+    if fallback is not None and fallback > high:
+        raise SpecError(
+            f"{unreadable.path}.fallbackReplicas",
+            f"must be ≤ maxReplicas ({fallback} > {high})",
+        )
+    return Autoscaling(
+        enabled=enabled,
+        min_replicas=low,
+        max_replicas=high,
+        target_tasks_per_slot=float(target),
+        activation_backlog=r.integer_or(
+            "activationBacklog", DEFAULT_ACTIVATION_BACKLOG, low=0, high=10**9
+        ),
+        poll_interval_seconds=r.integer_or(
+            "pollIntervalSeconds", DEFAULT_POLL_INTERVAL_SECONDS, low=1, high=300
+        ),
+        tolerance_percent=r.integer_or(
+            "tolerancePercent", DEFAULT_TOLERANCE_PERCENT, low=0, high=99
+        ),
+        scale_up=_parse_rules(r.object("scaleUp"), DEFAULT_SCALE_UP),
+        scale_down=_parse_rules(r.object("scaleDown"), DEFAULT_SCALE_DOWN),
+        fallback_replicas=fallback,
+        fallback_after_seconds=unreadable.integer_or(
+            "afterSeconds", DEFAULT_FALLBACK_AFTER_SECONDS, low=0, high=86400
+        ),
+    )
+
+
+def _parse_rules(r: _Reader, default: ScalingRules) -> ScalingRules:
+    rules = ScalingRules(
+        stabilization_window_seconds=r.integer_or(
+            "stabilizationWindowSeconds", default.stabilization_window_seconds, low=0, high=3600
+        ),
+        max_step_percent=r.integer_or("maxStepPercent", default.max_step_percent, low=0, high=1000),
+        max_step_pods=r.integer_or("maxStepPods", default.max_step_pods, low=0, high=1000),
+        period_seconds=r.integer_or("periodSeconds", default.period_seconds, low=1, high=1800),
+    )
+    if rules.max_step_percent == 0 and rules.max_step_pods == 0:
+        raise SpecError(
+            f"{r.path}.maxStepPods",
+            "maxStepPercent and maxStepPods are both 0: the pool could never scale this way",
+        )
+    return rules
 
 
 def _parse_hung(r: _Reader, time_limit: int | None) -> HungWorkers:

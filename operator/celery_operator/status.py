@@ -11,14 +11,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from celery_operator import monitor
+from celery_operator import monitor, scaling
 
 AVAILABLE: Final = "Available"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 BROKER_REACHABLE: Final = "BrokerReachable"
 WORKERS_HEALTHY: Final = "WorkersHealthy"
-CONDITION_TYPES: Final = (AVAILABLE, PROGRESSING, DEGRADED, BROKER_REACHABLE, WORKERS_HEALTHY)
+SCALING_ACTIVE: Final = "ScalingActive"
+SCALING_LIMITED: Final = "ScalingLimited"
+CONDITION_TYPES: Final = (
+    AVAILABLE,
+    PROGRESSING,
+    DEGRADED,
+    BROKER_REACHABLE,
+    WORKERS_HEALTHY,
+    SCALING_ACTIVE,
+    SCALING_LIMITED,
+)
+"""Every condition type; the two Scaling ones only while some pool autoscales."""
 
 RESTARTS_KEPT: Final = 20
 """Restarts of hung workers listed per pool in status: the newest, enough for any restart
@@ -47,6 +58,12 @@ class Reason:
     NOT_CHECKED: Final = "NotChecked"
     WORKERS_UNREACHABLE: Final = monitor.BROKER_UNREACHABLE
     MASS_UNRESPONSIVE: Final = monitor.MASS_UNRESPONSIVE
+    VALID_METRICS: Final = "ValidMetrics"
+    NOT_POLLED: Final = "NotPolledYet"
+    SCALING_BROKER_UNREADABLE: Final = scaling.Reason.BROKER_UNREADABLE
+    AT_MAX: Final = scaling.Reason.MAX_REPLICAS
+    AT_MIN: Final = scaling.Reason.MIN_REPLICAS
+    WITHIN_RANGE: Final = "DesiredWithinRange"
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,8 @@ class Observation:
     """Why the broker could not be read; None when it was read or not tried."""
     health: monitor.HealthReport | None = None
     """The last hung-worker cycle; None when none ran (no monitor, or the spec is invalid)."""
+    scaling: tuple[scaling.PoolReport, ...] = ()
+    """The autoscaled pools, as the autoscaler last saw and decided them."""
 
 
 @dataclass(frozen=True)
@@ -206,9 +225,19 @@ def compute(
         "beat": "Disabled"
         if not seen.beat_enabled
         else ("Ready" if seen.beat_ready else "NotReady"),
-        "pools": [_pool_status(p, seen.health, previous) for p in seen.pools],
+        "pools": [
+            _pool_status(p, seen.health, previous, _report(seen.scaling, p.name))
+            for p in seen.pools
+        ],
         "conditions": stamped,
     }
+    held = [r.load for r in seen.scaling if r.load is not None and r.load.running is not None]
+    if held:
+        status["inFlight"] = sum((load.running or 0) + load.held for load in held)
+    scales = [(r.last_scale, r.name) for r in seen.scaling if r.last_scale is not None]
+    if scales:
+        last, pool = max(scales, key=lambda item: item[0].at)
+        status["lastScale"] = f"{pool} {last.before}→{last.after} ({last.reason})"
     if seen.queue_backlog is not None:
         # Over distinct queues: two pools consuming one queue must not count it twice.
         status["backlog"] = sum(seen.queue_backlog.values())
@@ -217,8 +246,39 @@ def compute(
     return StatusUpdate(status=status, transitions=transitions)
 
 
+def _report(reports: Sequence[scaling.PoolReport], pool: str) -> scaling.PoolReport | None:
+    return next((r for r in reports if r.name == pool), None)
+
+
+def _scaling_status(report: scaling.PoolReport) -> dict[str, Any]:
+    out: dict[str, Any] = {"desiredReplicas": report.replicas}
+    load = report.load
+    if load is not None and load.running is not None:
+        out["running"] = load.running
+        out["prefetched"] = load.held
+        out["busyWorkers"] = load.busy_workers
+    if report.decision is not None:
+        out["reason"] = report.decision.reason
+        out["message"] = report.decision.message
+        if report.decision.limited:
+            out["limitedBy"] = report.decision.limited
+    if report.last_scale is not None:
+        last = report.last_scale
+        out["lastScale"] = {
+            "time": _timestamp(last.at),
+            "from": last.before,
+            "to": last.after,
+            "reason": last.reason,
+            "message": last.message,
+        }
+    return out
+
+
 def _pool_status(
-    p: PoolObservation, report: monitor.HealthReport | None, previous: Mapping[str, Any]
+    p: PoolObservation,
+    report: monitor.HealthReport | None,
+    previous: Mapping[str, Any],
+    scaled: scaling.PoolReport | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": p.name,
@@ -231,6 +291,11 @@ def _pool_status(
     }
     if p.backlog is not None:
         out["backlog"] = p.backlog
+    if scaled is not None:
+        out["autoscaling"] = _scaling_status(scaled)
+        load = scaled.load
+        if load is not None and load.running is not None:
+            out["inFlight"] = load.running + load.held
     previous_pool: Mapping[str, Any] = next(
         (q for q in previous.get("pools") or [] if q.get("name") == p.name), {}
     )
@@ -349,13 +414,52 @@ def _conditions(
     else:
         broker = ("Unknown", Reason.BROKER_UNKNOWN, "the broker was not read")
 
-    return [
+    conditions = [
         (AVAILABLE, *available),
         (PROGRESSING, *progressing),
         (DEGRADED, *degraded),
         (BROKER_REACHABLE, *broker),
         (WORKERS_HEALTHY, *_health_condition(seen.health, last_health)),
     ]
+    if seen.scaling:
+        conditions += _scaling_conditions(seen.scaling)
+    return conditions
+
+
+def _scaling_conditions(
+    reports: Sequence[scaling.PoolReport],
+) -> list[tuple[str, str, str, str]]:
+    decided = [r for r in reports if r.decision is not None]
+    unreadable = [
+        r.name
+        for r in decided
+        if r.decision is not None
+        and r.decision.reason in (scaling.Reason.BROKER_UNREADABLE, scaling.Reason.FALLBACK)
+    ]
+    if unreadable:
+        active = (
+            "False",
+            Reason.SCALING_BROKER_UNREADABLE,
+            f"the broker cannot be read; holding the replicas of: {', '.join(unreadable)}",
+        )
+    elif len(decided) < len(reports):
+        active = ("Unknown", Reason.NOT_POLLED, "the autoscaler has not polled every pool yet")
+    else:
+        active = ("True", Reason.VALID_METRICS, "queue lengths and workers' tasks are read")
+    limits = [
+        (r.name, r.decision.limited, r.decision.recommended, r.replicas)
+        for r in decided
+        if r.decision is not None and r.decision.limited
+    ]
+    if limits:
+        limited = (
+            "True",
+            str(limits[0][1]),
+            "; ".join(f"pool {n} wants {w}, held at {r} by {why}" for n, why, w, r in limits),
+        )
+    else:
+        limited = ("False", Reason.WITHIN_RANGE, "every pool's load fits its min and max")
+    return [(SCALING_ACTIVE, *active), (SCALING_LIMITED, *limited)]
 
 
 def _phase(conditions: list[tuple[str, str, str, str]]) -> str:
@@ -369,7 +473,8 @@ def _phase(conditions: list[tuple[str, str, str, str]]) -> str:
 
 def _is_bad(type_: str, status: str) -> bool:
     return (type_ == DEGRADED and status == "True") or (
-        type_ in (AVAILABLE, BROKER_REACHABLE, WORKERS_HEALTHY) and status == "False"
+        type_ in (AVAILABLE, BROKER_REACHABLE, WORKERS_HEALTHY, SCALING_ACTIVE)
+        and status == "False"
     )
 
 

@@ -48,7 +48,18 @@ def full_spec() -> dict[str, Any]:
             "extraArgs": ["--without-gossip"],
             "podTemplate": {"labels": {"tier": "batch"}},
         },
-        {"name": "reports", "queues": ["reports"], "pool": "solo", "concurrency": 1},
+        {
+            "name": "reports",
+            "queues": ["reports"],
+            "pool": "solo",
+            "concurrency": 1,
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 5,
+                "scaleDown": {"stabilizationWindowSeconds": 60},
+                "brokerUnreadable": {"fallbackReplicas": 2},
+            },
+        },
     ]
     spec["beat"] = {"scheduler": "redbeat.RedBeatScheduler"}
     return spec

@@ -324,7 +324,9 @@ def test_printer_columns_read_fields_of_their_type(
 ) -> None:
     column_types = {"integer": ("integer",), "string": ("string",), "date": ("string",)}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Workers", "Beat", "Backlog", "Status", "Age", "App", "Image"]
+    assert list(columns) == [
+        "Workers", "Beat", "Backlog", "In-Flight", "Last-Scale", "Status", "Age", "App", "Image"
+    ]  # fmt: skip
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
     assert {n for n, c in columns.items() if c.get("priority", 0) == 1} == {"App", "Image"}
     for name, column in columns.items():
@@ -428,7 +430,10 @@ def test_cel_rules_have_messages_and_name_existing_fields(nodes: list[Node]) -> 
             for field in re.findall(r"self\.(\w+)", rule["rule"]):
                 assert field in n.schema["properties"], f"{n.path}: {field}"
             if "fieldPath" in rule:
-                assert rule["fieldPath"].lstrip(".") in n.schema["properties"], n.path
+                node = n.schema
+                for part in rule["fieldPath"].lstrip(".").split("."):
+                    assert part in node.get("properties", {}), f"{n.path}: {rule['fieldPath']}"
+                    node = node["properties"][part]
 
 
 def test_cel_rules_run_a_bounded_number_of_times(nodes: list[Node]) -> None:

@@ -39,6 +39,19 @@ def _timing_defaults(name: str, timing: specmod.ProbeTiming) -> list[tuple[str, 
     ]
 
 
+def _rules_defaults(name: str, rules: specmod.ScalingRules) -> list[tuple[str, Any]]:
+    return [
+        (f"workers.[].autoscaling.{name}", {}),
+        (
+            f"workers.[].autoscaling.{name}.stabilizationWindowSeconds",
+            rules.stabilization_window_seconds,
+        ),
+        (f"workers.[].autoscaling.{name}.maxStepPercent", rules.max_step_percent),
+        (f"workers.[].autoscaling.{name}.maxStepPods", rules.max_step_pods),
+        (f"workers.[].autoscaling.{name}.periodSeconds", rules.period_seconds),
+    ]
+
+
 @pytest.mark.parametrize("make", [minimal_spec, full_spec])
 def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
     schema: dict[str, Any], make: Any
@@ -62,6 +75,22 @@ def test_a_spec_defaulted_by_the_schema_parses_as_the_operator_defaults_it(
         ("workers.[].concurrency", specmod.DEFAULT_CONCURRENCY),
         ("workers.[].pool", specmod.DEFAULT_POOL),
         ("workers.[].terminationGracePeriodSeconds", specmod.DEFAULT_WORKER_GRACE_SECONDS),
+        ("workers.[].autoscaling", None),  # a default would autoscale every pool
+        ("workers.[].autoscaling.enabled", True),
+        ("workers.[].autoscaling.minReplicas", specmod.DEFAULT_MIN_REPLICAS),
+        ("workers.[].autoscaling.maxReplicas", None),
+        ("workers.[].autoscaling.targetTasksPerSlot", specmod.DEFAULT_TARGET_TASKS_PER_SLOT),
+        ("workers.[].autoscaling.activationBacklog", specmod.DEFAULT_ACTIVATION_BACKLOG),
+        ("workers.[].autoscaling.pollIntervalSeconds", specmod.DEFAULT_POLL_INTERVAL_SECONDS),
+        ("workers.[].autoscaling.tolerancePercent", specmod.DEFAULT_TOLERANCE_PERCENT),
+        *_rules_defaults("scaleUp", specmod.DEFAULT_SCALE_UP),
+        *_rules_defaults("scaleDown", specmod.DEFAULT_SCALE_DOWN),
+        ("workers.[].autoscaling.brokerUnreadable", {}),
+        ("workers.[].autoscaling.brokerUnreadable.fallbackReplicas", None),
+        (
+            "workers.[].autoscaling.brokerUnreadable.afterSeconds",
+            specmod.DEFAULT_FALLBACK_AFTER_SECONDS,
+        ),
         ("beat.enabled", True),
         ("beat.terminationGracePeriodSeconds", specmod.DEFAULT_BEAT_GRACE_SECONDS),
         ("beat.persistence.type", specmod.DEFAULT_BEAT_PERSISTENCE),

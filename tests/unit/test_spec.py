@@ -5,7 +5,13 @@ from typing import Any
 import pytest
 
 from celery_operator.queues import KeyScheme
-from celery_operator.spec import SpecError, parse_cluster
+from celery_operator.spec import (
+    DEFAULT_SCALE_UP,
+    Autoscaling,
+    ScalingRules,
+    SpecError,
+    parse_cluster,
+)
 from tests.unit.samples import full_spec, minimal_spec, with_changes
 
 
@@ -41,6 +47,15 @@ def test_full_spec_keeps_every_field() -> None:
     assert spec.pod.host_network is True
     assert spec.beat.scheduler == "redbeat.RedBeatScheduler"
     assert spec.pool("reports") is reports
+    assert not default.autoscaling.enabled
+    scaled = reports.autoscaling
+    assert scaled.enabled  # a section without ``enabled`` autoscales
+    assert (scaled.min_replicas, scaled.max_replicas) == (0, 5)
+    assert scaled.scale_down == ScalingRules(
+        stabilization_window_seconds=60, max_step_percent=100, max_step_pods=0, period_seconds=15
+    )
+    assert scaled.scale_up == DEFAULT_SCALE_UP
+    assert (scaled.fallback_replicas, scaled.fallback_after_seconds) == (2, 30)
 
 
 INVALID: list[tuple[str, str, Any, str]] = [
@@ -95,6 +110,97 @@ INVALID: list[tuple[str, str, Any, str]] = [
         "spec.probes.startupTimeoutSeconds",
     ),
     ("broker grace negative", "probes.brokerGraceSeconds", -1, "spec.probes.brokerGraceSeconds"),
+    ("autoscaling not an object", "workers.1.autoscaling", True, "spec.workers[1].autoscaling"),
+    (
+        "autoscaling enabled without maxReplicas",
+        "workers.1.autoscaling.maxReplicas",
+        None,
+        "spec.workers[1].autoscaling.maxReplicas",
+    ),
+    (
+        "autoscaling maxReplicas below minReplicas",
+        "workers.1.autoscaling.minReplicas",
+        6,
+        "spec.workers[1].autoscaling.maxReplicas",
+    ),
+    (
+        "autoscaling maxReplicas zero",
+        "workers.1.autoscaling.maxReplicas",
+        0,
+        "spec.workers[1].autoscaling.maxReplicas",
+    ),
+    (
+        "autoscaling minReplicas negative",
+        "workers.1.autoscaling.minReplicas",
+        -1,
+        "spec.workers[1].autoscaling.minReplicas",
+    ),
+    (
+        "autoscaling targetTasksPerSlot zero",
+        "workers.1.autoscaling.targetTasksPerSlot",
+        0,
+        "spec.workers[1].autoscaling.targetTasksPerSlot",
+    ),
+    (
+        "autoscaling targetTasksPerSlot a string",
+        "workers.1.autoscaling.targetTasksPerSlot",
+        "2",
+        "spec.workers[1].autoscaling.targetTasksPerSlot",
+    ),
+    (
+        "autoscaling targetTasksPerSlot a boolean",
+        "workers.1.autoscaling.targetTasksPerSlot",
+        True,
+        "spec.workers[1].autoscaling.targetTasksPerSlot",
+    ),
+    (
+        "autoscaling pollIntervalSeconds zero",
+        "workers.1.autoscaling.pollIntervalSeconds",
+        0,
+        "spec.workers[1].autoscaling.pollIntervalSeconds",
+    ),
+    (
+        "autoscaling tolerancePercent 100",
+        "workers.1.autoscaling.tolerancePercent",
+        100,
+        "spec.workers[1].autoscaling.tolerancePercent",
+    ),
+    (
+        "autoscaling enabled not a boolean",
+        "workers.1.autoscaling.enabled",
+        "yes",
+        "spec.workers[1].autoscaling.enabled",
+    ),
+    (
+        "autoscaling fallbackReplicas above maxReplicas",
+        "workers.1.autoscaling.brokerUnreadable",
+        {"fallbackReplicas": 6},
+        "spec.workers[1].autoscaling.brokerUnreadable.fallbackReplicas",
+    ),
+    (
+        "autoscaling scaleUp both steps zero",
+        "workers.1.autoscaling.scaleUp",
+        {"maxStepPercent": 0, "maxStepPods": 0},
+        "spec.workers[1].autoscaling.scaleUp.maxStepPods",
+    ),
+    (
+        "autoscaling scaleDown percent zero with the default 0 pods",
+        "workers.1.autoscaling.scaleDown",
+        {"maxStepPercent": 0},
+        "spec.workers[1].autoscaling.scaleDown.maxStepPods",
+    ),
+    (
+        "autoscaling scaleDown window above an hour",
+        "workers.1.autoscaling.scaleDown.stabilizationWindowSeconds",
+        3601,
+        "spec.workers[1].autoscaling.scaleDown.stabilizationWindowSeconds",
+    ),
+    (
+        "autoscaling scaleUp period zero",
+        "workers.1.autoscaling.scaleUp",
+        {"periodSeconds": 0},
+        "spec.workers[1].autoscaling.scaleUp.periodSeconds",
+    ),
 ]
 
 
@@ -121,3 +227,57 @@ def test_names_too_long_for_labels_are_rejected_with_the_resulting_name() -> Non
         parse_cluster("c" * 40, with_changes(minimal_spec(), "workers.0.name", "p" * 20))
     assert raised.value.path == "spec.workers[0].name"
     assert "would be 68 characters" in raised.value.message
+
+
+def _autoscaling(section: Any) -> Autoscaling:
+    raw = with_changes(minimal_spec(), "workers.0.autoscaling", section)
+    return parse_cluster("demo", raw).workers[0].autoscaling
+
+
+def test_a_pool_without_an_autoscaling_section_does_not_autoscale() -> None:
+    assert _autoscaling(None) == Autoscaling()
+    assert not Autoscaling().enabled
+
+
+def test_autoscaling_disabled_needs_no_max_replicas() -> None:
+    off = _autoscaling({"enabled": False})
+    assert not off.enabled
+    assert off.max_replicas >= off.min_replicas
+    assert not _autoscaling({"enabled": False, "minReplicas": 3}).enabled
+
+
+def test_an_autoscaling_section_without_enabled_is_enabled_with_the_defaults() -> None:
+    assert _autoscaling({"maxReplicas": 4}) == Autoscaling(enabled=True, max_replicas=4)
+
+
+def test_autoscaling_reads_every_field() -> None:
+    section = {
+        "enabled": True,
+        "minReplicas": 2,
+        "maxReplicas": 12,
+        "targetTasksPerSlot": 2.5,
+        "activationBacklog": 10,
+        "pollIntervalSeconds": 5,
+        "tolerancePercent": 0,
+        "scaleUp": {"stabilizationWindowSeconds": 30, "maxStepPercent": 50, "maxStepPods": 0},
+        "scaleDown": {"maxStepPods": 2, "periodSeconds": 60},
+        "brokerUnreadable": {"fallbackReplicas": 12, "afterSeconds": 0},
+    }
+    assert _autoscaling(section) == Autoscaling(
+        enabled=True,
+        min_replicas=2,
+        max_replicas=12,
+        target_tasks_per_slot=2.5,
+        activation_backlog=10,
+        poll_interval_seconds=5,
+        tolerance_percent=0,
+        scale_up=ScalingRules(30, 50, 0, 15),
+        scale_down=ScalingRules(300, 100, 2, 60),
+        fallback_replicas=12,
+        fallback_after_seconds=0,
+    )
+
+
+def test_an_integer_target_per_slot_is_read_as_a_number() -> None:
+    target = _autoscaling({"maxReplicas": 3, "targetTasksPerSlot": 3}).target_tasks_per_slot
+    assert (target, type(target)) == (3.0, float)

@@ -3,7 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery_operator import health, monitor, status
+import pytest
+
+from celery_operator import health, monitor, scaling, status
 from celery_operator.status import Observation, PoolObservation, Problem, Reason, compute
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -207,3 +209,171 @@ def test_a_reconcile_without_a_health_cycle_keeps_the_last_findings() -> None:
     again = compute(_healthy(), checked.status, T0 + timedelta(seconds=5))
     assert again.status == checked.status
     assert again.transitions == []
+
+
+# --- autoscaling --------------------------------------------------------------------------------
+
+
+def _decision(
+    reason: str = scaling.Reason.LOAD,
+    replicas: int = 4,
+    current: int = 1,
+    limited: str | None = None,
+    recommended: int | None = None,
+) -> scaling.Decision:
+    return scaling.Decision(
+        replicas=replicas,
+        current=current,
+        reason=reason,
+        message=f"{current} → {replicas}: 7 waiting + 2 running over 2 per replica",
+        history=scaling.History(),
+        recommended=replicas if recommended is None else recommended,
+        limited=limited,
+    )
+
+
+def _scaled(
+    name: str = "default",
+    decision: scaling.Decision | None = None,
+    load: scaling.Load | None = None,
+    last_scale: scaling.LastScale | None = None,
+    replicas: int = 4,
+) -> scaling.PoolReport:
+    return scaling.PoolReport(
+        name,
+        scaling.Load(backlog=7, running=2, held=1, busy_workers=2) if load is None else load,
+        replicas,
+        _decision() if decision is None else decision,
+        last_scale,
+    )
+
+
+SCALED_UP = scaling.LastScale(
+    at=T0, before=1, after=4, reason=scaling.Reason.LOAD, message="1 → 4: 7 waiting + 2 running"
+)
+
+
+def test_an_autoscaled_pool_shows_its_reading_decision_and_last_scale() -> None:
+    update = compute(_healthy(scaling=(_scaled(last_scale=SCALED_UP),)), {}, T0)
+    [pool] = update.status["pools"]
+    assert pool["autoscaling"] == {
+        "desiredReplicas": 4,
+        "running": 2,
+        "prefetched": 1,
+        "busyWorkers": 2,
+        "reason": "Load",
+        "message": "1 → 4: 7 waiting + 2 running over 2 per replica",
+        "lastScale": {
+            "time": "2026-01-01T00:00:00Z",
+            "from": 1,
+            "to": 4,
+            "reason": "Load",
+            "message": "1 → 4: 7 waiting + 2 running",
+        },
+    }
+    assert pool["inFlight"] == 3  # running + prefetched
+    assert update.status["inFlight"] == 3
+    assert update.status["lastScale"] == "default 1→4 (Load)"
+
+
+def test_cluster_in_flight_sums_the_pools_whose_tasks_are_known() -> None:
+    pools = (_pool("default"), _pool("reports"), _pool("plain"))
+    reports = (
+        _scaled("default"),
+        _scaled("reports", load=scaling.Load(backlog=0, running=None)),
+    )
+    update = compute(_healthy(pools=pools, scaling=reports), {}, T0)
+    default, unknown, plain = update.status["pools"]
+    assert default["inFlight"] == 3
+    assert "inFlight" not in unknown
+    assert "running" not in unknown["autoscaling"]
+    assert "autoscaling" not in plain
+    assert "inFlight" not in plain
+    assert update.status["inFlight"] == 3
+
+
+def test_no_in_flight_while_no_pool_s_tasks_are_known() -> None:
+    unknown = _scaled(load=scaling.Load(backlog=3, running=None))
+    update = compute(_healthy(scaling=(unknown,)), {}, T0)
+    assert "inFlight" not in update.status
+    assert "inFlight" not in update.status["pools"][0]
+
+
+def test_last_scale_is_the_latest_of_every_pool() -> None:
+    later = scaling.LastScale(T0 + timedelta(seconds=5), 6, 3, scaling.Reason.IDLE, "6 → 3")
+    reports = (_scaled("default", last_scale=SCALED_UP), _scaled("reports", last_scale=later))
+    pools = (_pool("default"), _pool("reports"))
+    update = compute(_healthy(pools=pools, scaling=reports), {}, T0)
+    assert update.status["lastScale"] == "reports 6→3 (Idle)"
+
+
+def test_autoscaling_with_valid_metrics_is_active_and_within_range() -> None:
+    update = compute(_healthy(scaling=(_scaled(),)), {}, T0)
+    conditions = _conditions(update)
+    assert conditions["ScalingActive"] == ("True", Reason.VALID_METRICS)
+    assert conditions["ScalingLimited"] == ("False", Reason.WITHIN_RANGE)
+    assert [c["type"] for c in update.status["conditions"]] == list(status.CONDITION_TYPES)
+
+
+def test_a_pool_not_polled_yet_leaves_scaling_active_unknown() -> None:
+    waiting = scaling.PoolReport("default", None, 2, None)
+    update = compute(_healthy(scaling=(waiting,)), {}, T0)
+    assert _conditions(update)["ScalingActive"] == ("Unknown", Reason.NOT_POLLED)
+    assert update.status["pools"][0]["autoscaling"] == {"desiredReplicas": 2}
+    assert "lastScale" not in update.status
+
+
+@pytest.mark.parametrize(
+    "reason", [scaling.Reason.BROKER_UNREADABLE, scaling.Reason.FALLBACK], ids=["hold", "fallback"]
+)
+def test_broker_unreadable_makes_scaling_inactive_with_a_warning(reason: str) -> None:
+    active = compute(_healthy(scaling=(_scaled(),)), {}, T0)
+    blind = _scaled(decision=_decision(reason, replicas=4, current=4))
+    later = T0 + timedelta(seconds=30)
+    update = compute(_healthy(scaling=(blind,)), active.status, later)
+    assert _conditions(update)["ScalingActive"] == ("False", Reason.SCALING_BROKER_UNREADABLE)
+    [event] = [t for t in update.transitions if t.type == "ScalingActive"]
+    assert event.warning
+    assert event.reason == "BrokerUnreadable"
+    assert "default" in event.message
+    condition = next(c for c in update.status["conditions"] if c["type"] == "ScalingActive")
+    assert condition["lastTransitionTime"] == "2026-01-01T00:00:30Z"
+
+
+def test_a_pool_held_at_max_replicas_is_limited_without_a_warning() -> None:
+    within = compute(_healthy(scaling=(_scaled(),)), {}, T0)
+    capped = _scaled(
+        decision=_decision(
+            scaling.Reason.MAX_REPLICAS,
+            replicas=5,
+            current=5,
+            limited=scaling.Reason.MAX_REPLICAS,
+            recommended=50,
+        ),
+        replicas=5,
+    )
+    update = compute(_healthy(scaling=(capped,)), within.status, T0)
+    assert _conditions(update)["ScalingLimited"] == ("True", Reason.AT_MAX)
+    assert _conditions(update)["ScalingActive"] == ("True", Reason.VALID_METRICS)
+    limited = next(c for c in update.status["conditions"] if c["type"] == "ScalingLimited")
+    assert limited["message"] == "pool default wants 50, held at 5 by MaxReplicas"
+    assert update.status["pools"][0]["autoscaling"]["limitedBy"] == "MaxReplicas"
+    [event] = [t for t in update.transitions if t.type == "ScalingLimited"]
+    assert not event.warning
+
+
+def test_min_replicas_limit_reason() -> None:
+    floor = _decision(scaling.Reason.MIN_REPLICAS, replicas=1, limited=scaling.Reason.MIN_REPLICAS)
+    update = compute(_healthy(scaling=(_scaled(decision=floor, replicas=1),)), {}, T0)
+    assert _conditions(update)["ScalingLimited"] == ("True", Reason.AT_MIN)
+
+
+def test_no_scaling_conditions_or_fields_without_autoscaled_pools() -> None:
+    scaled = compute(_healthy(scaling=(_scaled(last_scale=SCALED_UP),)), {}, T0)
+    assert {"ScalingActive", "ScalingLimited"} <= set(_conditions(scaled))
+    update = compute(_healthy(), scaled.status, T0)  # the pool stopped autoscaling
+    assert update.transitions == []
+    assert not {"ScalingActive", "ScalingLimited"} & set(_conditions(update))
+    assert not {"inFlight", "lastScale"} & set(update.status)
+    assert "autoscaling" not in update.status["pools"][0]
+    assert "inFlight" not in update.status["pools"][0]

@@ -55,6 +55,12 @@ def record(key: str, token: str) -> int:
     return int(runs)
 
 
+def record_after(key: str, token: str, seconds: float) -> int:
+    """``record`` after ``seconds`` of work: a task long enough for scaling to matter."""
+    time.sleep(seconds)
+    return record(key, token)
+
+
 def beat_tick() -> int:
     """Scheduled by beat every ``CELERY_DEMO_BEAT_INTERVAL`` seconds; counts its own runs."""
     prefix = config.global_keyprefix(os.environ)
@@ -68,5 +74,5 @@ def _redis() -> redis.Redis[bytes]:
     return redis.Redis.from_url(url)
 
 
-for _function in (add, sleep, fail, record, beat_tick):
+for _function in (add, sleep, fail, record, record_after, beat_tick):
     app.task(name=f"{__name__}.{_function.__name__}")(_function)

@@ -1,0 +1,342 @@
+"""The autoscaler: polls each autoscaled pool's load and carries out :func:`scaling.decide`.
+
+A poll is one pipelined read of every priority list of the pool's queues (the broker adapter),
+every ``pollIntervalSeconds``, in the cluster's own reconcile loop, so it never races the
+reconcile that owns the same Deployments. What the workers hold (``active`` and ``reserved``, two
+broadcasts through the remote-control adapter) is asked in the background every
+``TASKS_REFRESH``, so a silent worker never delays a poll; a scale-down waits for an answer that
+is at most ``TASKS_FRESH`` old.
+
+Before a scale-down the pool's pods get a ``pod-deletion-cost`` from the tasks they hold, and the
+replica count is written one poll later, once the ReplicaSet controller can see the costs: the
+idle workers go, and Celery's warm shutdown (SIGTERM) covers a task taken in between.
+
+The replica counts live here, in memory: the reconcile builds the Deployments with them (so the
+two never disagree) and restores them when someone else changes a Deployment's replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from celery_operator import metrics, naming, scaling
+from celery_operator.kube import EventTarget, Kube, KubeError
+from celery_operator.queues import KeyScheme
+from celery_operator.spec import ClusterSpec, WorkerPool
+
+log = logging.getLogger(__name__)
+
+DELETION_COST_ANNOTATION: Final = "controller.kubernetes.io/pod-deletion-cost"
+TASKS_REFRESH: Final = timedelta(seconds=2)
+"""How often the workers are asked what they hold, while any pool autoscales."""
+TASKS_FRESH: Final = timedelta(seconds=6)
+"""An answer older than this counts as unknown: the pool does not scale down on it."""
+
+BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
+"""(broker URL, queues, key scheme) -> messages waiting per queue; raises when unreadable."""
+TaskCensus = Callable[[str, KeyScheme, Sequence[str]], Mapping[str, tuple[int, int]]]
+"""(broker URL, key scheme, node names) -> (running, prefetched) per node that answered."""
+Clock = Callable[[], datetime]
+
+ClusterKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the last reconcile of a cluster tells the autoscaler."""
+
+    spec: ClusterSpec
+    broker_url: str
+    events: EventTarget
+
+
+@dataclass(frozen=True)
+class PodTasks:
+    pool: str
+    ready: bool
+    cost: str | None
+    """The pod's deletion-cost annotation as listed."""
+    tasks: tuple[int, int] | None
+    """(running, prefetched); None when it did not answer."""
+
+
+@dataclass(frozen=True)
+class TaskReading:
+    at: datetime
+    """When the question was asked (not answered): the conservative age."""
+    pods: Mapping[str, PodTasks] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class _Pool:
+    replicas: int
+    history: scaling.History
+    due: datetime
+    load: scaling.Load | None = None
+    decision: scaling.Decision | None = None
+    last_scale: scaling.LastScale | None = None
+
+
+@dataclass
+class _Cluster:
+    pools: dict[str, _Pool] = field(default_factory=dict)
+    target: Target | None = None
+    reading: TaskReading | None = None
+    asking: Future[TaskReading] | None = None
+    costs: dict[str, str] = field(default_factory=dict)
+    """Deletion costs this autoscaler wrote, by pod: newer than the last listing."""
+
+
+class Autoscaler:
+    """Scales the autoscaled pools of every cluster; one call of :meth:`tick` per poll."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        read_backlog: BacklogReader,
+        census: TaskCensus,
+        clock: Clock,
+    ) -> None:
+        self.kube = kube
+        self.read_backlog = read_backlog
+        self.census = census
+        self.clock = clock
+        self._clusters: dict[ClusterKey, _Cluster] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tasks-census")
+
+    # --- what the reconcile asks ----------------------------------------------------------
+
+    def replicas(
+        self, key: ClusterKey, spec: ClusterSpec, live: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, int]:
+        """The replicas of each autoscaled pool, for the reconcile to build its Deployment with.
+
+        A pool seen for the first time keeps its live count (within min and max), or starts at
+        ``minReplicas``. ``live`` maps pool names to their live Deployments.
+        """
+        cluster = self._cluster(key)
+        now = self.clock()
+        scaled = {p.name: p for p in spec.workers if p.autoscaling.enabled}
+        for gone in set(cluster.pools) - set(scaled):
+            del cluster.pools[gone]
+        for name, pool in scaled.items():
+            if name in cluster.pools:
+                continue
+            policy = pool.autoscaling
+            found = (live.get(name) or {}).get("spec", {}).get("replicas")
+            start = policy.min_replicas if found is None else int(found)
+            start = min(max(start, policy.min_replicas), policy.max_replicas)
+            cluster.pools[name] = _Pool(start, scaling.fresh_history(start, now), due=now)
+        return {name: memory.replicas for name, memory in cluster.pools.items()}
+
+    def track(self, key: ClusterKey, target: Target | None) -> None:
+        """Poll this cluster's pools (None: stop, until a reconcile can say where the broker is)."""
+        self._cluster(key).target = target
+
+    def forget(self, key: ClusterKey) -> None:
+        with self._lock:
+            self._clusters.pop(key, None)
+
+    def report(self, key: ClusterKey) -> tuple[scaling.PoolReport, ...]:
+        cluster = self._clusters.get(key)
+        if cluster is None:
+            return ()
+        return tuple(
+            scaling.PoolReport(name, p.load, p.replicas, p.decision, p.last_scale)
+            for name, p in cluster.pools.items()
+        )
+
+    def next_poll(self, key: ClusterKey) -> float | None:
+        """Seconds until a pool of this cluster is due; None when none autoscales."""
+        cluster = self._clusters.get(key)
+        if cluster is None or cluster.target is None or not cluster.pools:
+            return None
+        now = self.clock()
+        return max(0.0, min((p.due - now).total_seconds() for p in cluster.pools.values()))
+
+    # --- one poll -----------------------------------------------------------------------------
+
+    def tick(self, key: ClusterKey) -> None:
+        """Poll the pools that are due: read, decide, and write what changed."""
+        cluster = self._clusters.get(key)
+        if cluster is None or cluster.target is None:
+            return
+        target, now = cluster.target, self.clock()
+        pools = [
+            p for p in target.spec.workers if p.name in cluster.pools and p.autoscaling.enabled
+        ]
+        due = [p for p in pools if cluster.pools[p.name].due <= now]
+        if not due:
+            return
+        self._ask_workers(key, cluster, target, now)
+        backlog = self._backlog(target, due)
+        for pool in due:
+            memory = cluster.pools[pool.name]
+            memory.due = now + timedelta(seconds=pool.autoscaling.poll_interval_seconds)
+            load = _load(pool, memory.replicas, backlog, cluster.reading, now)
+            self._step(key, cluster, target, pool, load, now)
+
+    def _step(
+        self,
+        key: ClusterKey,
+        cluster: _Cluster,
+        target: Target,
+        pool: WorkerPool,
+        load: scaling.Load,
+        now: datetime,
+    ) -> None:
+        namespace, name = key
+        memory = cluster.pools[pool.name]
+        decision = scaling.decide(
+            load, memory.replicas, pool.concurrency, pool.autoscaling, memory.history, now
+        )
+        memory.load, memory.decision = load, decision
+        _export(namespace, name, pool.name, load, decision)
+        if decision.direction == scaling.DOWN and self._mark_costs(namespace, cluster, pool.name):
+            # Scale down on the next poll, once the ReplicaSet controller sees the costs.
+            memory.history = dataclasses.replace(decision.history, changes=memory.history.changes)
+            return
+        if decision.replicas != memory.replicas:
+            deployment = naming.worker_name(name, pool.name)
+            try:
+                self.kube.scale_deployment(namespace, deployment, decision.replicas)
+            except KubeError as error:
+                log.warning("could not scale %s/%s: %s", namespace, deployment, error.message)
+                return
+            log.info("scaled %s/%s %s", namespace, deployment, decision.message)
+            memory.last_scale = scaling.LastScale(
+                now, memory.replicas, decision.replicas, decision.reason, decision.message
+            )
+            metrics.SCALING_DECISIONS.labels(
+                namespace, name, pool.name, decision.direction, decision.reason
+            ).inc()
+            self.kube.emit_event(
+                target.events,
+                reason="ScaledUp" if decision.direction == scaling.UP else "ScaledDown",
+                message=f"pool {pool.name}: {decision.message}",
+                warning=False,
+                now=now,
+            )
+        memory.replicas, memory.history = decision.replicas, decision.history
+
+    def _backlog(self, target: Target, pools: Sequence[WorkerPool]) -> Mapping[str, int] | None:
+        queues = sorted({q for pool in pools for q in pool.queues})
+        try:
+            return self.read_backlog(target.broker_url, queues, target.spec.broker.keys)
+        except Exception as error:  # any broker failure: hold the replicas (scaling.decide)
+            log.warning("autoscaler cannot read the broker: %s", error)
+            return None
+
+    def _mark_costs(self, namespace: str, cluster: _Cluster, pool: str) -> int:
+        """Give each pod of ``pool`` its deletion cost; the number of pods that needed one."""
+        if cluster.reading is None:
+            return 0
+        marked = 0
+        for pod, seen in cluster.reading.pods.items():
+            if seen.pool != pool:
+                continue
+            held = None if seen.tasks is None and seen.ready else sum(seen.tasks or (0, 0))
+            want = str(scaling.deletion_cost(held))
+            if cluster.costs.get(pod, seen.cost) == want:
+                continue
+            try:
+                self.kube.annotate_pod(namespace, pod, {DELETION_COST_ANNOTATION: want})
+            except KubeError as error:
+                log.warning("could not set the deletion cost of %s: %s", pod, error.message)
+            cluster.costs[pod] = want
+            marked += 1
+        return marked
+
+    # --- what the workers hold, asked in the background ------------------------------------
+
+    def _ask_workers(
+        self, key: ClusterKey, cluster: _Cluster, target: Target, now: datetime
+    ) -> None:
+        """Take in the last answer when it is in, and ask again when it has aged."""
+        if cluster.asking is not None and cluster.asking.done():
+            try:
+                cluster.reading = cluster.asking.result()
+            except Exception as error:  # the adapters' errors, unexpected or not: tasks unknown
+                log.warning("asking the workers of %s/%s failed: %s", *key, error)
+                cluster.reading = TaskReading(at=now, error=str(error))
+            cluster.asking = None
+            known = set(cluster.reading.pods)
+            cluster.costs = {p: c for p, c in cluster.costs.items() if p in known}
+        fresh = cluster.reading is not None and now - cluster.reading.at < TASKS_REFRESH
+        if cluster.asking is None and not fresh:
+            cluster.asking = self._executor.submit(self._read_tasks, key, target, now)
+
+    def _read_tasks(self, key: ClusterKey, target: Target, now: datetime) -> TaskReading:
+        namespace, name = key
+        scaled = {p.name for p in target.spec.workers if p.autoscaling.enabled}
+        selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
+        listed: dict[str, tuple[str, bool, str | None]] = {}
+        for pod in self.kube.list_pods(namespace, selector):
+            meta, state = pod["metadata"], pod.get("status") or {}
+            pool = (meta.get("labels") or {}).get(naming.POOL_LABEL, "")
+            if pool not in scaled or meta.get("deletionTimestamp"):
+                continue
+            if state.get("phase") != "Running":
+                continue  # not started: holds no task
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in state.get("conditions") or []
+            )
+            cost = (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+            listed[meta["name"]] = (pool, ready, cost)
+        nodes = {f"{pool}@{pod}": pod for pod, (pool, _, _) in listed.items()}
+        answers = self.census(target.broker_url, target.spec.broker.keys, sorted(nodes))
+        by_pod = {nodes[node]: tasks for node, tasks in answers.items() if node in nodes}
+        return TaskReading(
+            at=now,
+            pods={
+                pod: PodTasks(pool, ready, cost, by_pod.get(pod))
+                for pod, (pool, ready, cost) in listed.items()
+            },
+        )
+
+    def _cluster(self, key: ClusterKey) -> _Cluster:
+        with self._lock:
+            return self._clusters.setdefault(key, _Cluster())
+
+
+def _load(
+    pool: WorkerPool,
+    replicas: int,
+    backlog: Mapping[str, int] | None,
+    reading: TaskReading | None,
+    now: datetime,
+) -> scaling.Load:
+    waiting = None if backlog is None else sum(backlog.get(q, 0) for q in pool.queues)
+    if reading is None or reading.error is not None or now - reading.at > TASKS_FRESH:
+        # Nothing known of the workers' tasks, unless there are no workers to hold any.
+        return scaling.Load(backlog=waiting, running=0 if replicas == 0 else None)
+    pods = [p for p in reading.pods.values() if p.pool == pool.name]
+    answered = [p.tasks for p in pods if p.tasks is not None]
+    silent_ready = sum(1 for p in pods if p.tasks is None and p.ready)
+    return scaling.Load(
+        backlog=waiting,
+        running=sum(running for running, _ in answered),
+        held=sum(held for _, held in answered),
+        busy_workers=silent_ready + sum(1 for running, held in answered if running + held),
+    )
+
+
+def _export(
+    namespace: str, name: str, pool: str, load: scaling.Load, decision: scaling.Decision
+) -> None:
+    if load.backlog is not None:
+        metrics.QUEUE_BACKLOG.labels(namespace, name, pool).set(load.backlog)
+    if load.running is not None:
+        metrics.TASKS_RUNNING.labels(namespace, name, pool).set(load.running)
+        metrics.TASKS_PREFETCHED.labels(namespace, name, pool).set(load.held)
+    metrics.DESIRED_REPLICAS.labels(namespace, name, pool).set(decision.replicas)
