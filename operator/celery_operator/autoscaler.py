@@ -272,7 +272,8 @@ class Autoscaler:
             known = set(cluster.reading.pods)
             cluster.costs = {p: c for p, c in cluster.costs.items() if p in known}
         fresh = cluster.reading is not None and now - cluster.reading.at < TASKS_REFRESH
-        if cluster.asking is None and not fresh:
+        idle = all(p.replicas == 0 for p in cluster.pools.values())  # nobody to ask
+        if cluster.asking is None and not fresh and not idle:
             cluster.asking = self._executor.submit(self._read_tasks, key, target, now)
 
     def _read_tasks(self, key: ClusterKey, target: Target, now: datetime) -> TaskReading:

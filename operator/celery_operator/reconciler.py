@@ -404,6 +404,7 @@ class Reconciler:
                     replicas.get(pool.name, pool.replicas),
                     live.get(("Deployment", naming.worker_name(name, pool.name))),
                     queue_backlog,
+                    required=pool.autoscaling.min_replicas if pool.name in replicas else None,
                 )
                 for pool in spec.workers
             )

@@ -88,6 +88,9 @@ class PoolObservation:
     stalled: bool = False
     """The Deployment reports ``ProgressDeadlineExceeded``."""
     backlog: int | None = None
+    required: int | None = None
+    """Available replicas the pool needs to count as available; None: ``desired``. An autoscaled
+    pool needs its ``minReplicas``: one that is scaling up is not unavailable."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,14 @@ def observe_pool(
     desired: int,
     live: Mapping[str, Any] | None,
     queue_backlog: Mapping[str, int] | None,
+    required: int | None = None,
 ) -> PoolObservation:
     """Read a worker Deployment's status into a PoolObservation."""
     backlog = None if queue_backlog is None else sum(queue_backlog.get(q, 0) for q in queues)
     if live is None:
-        return PoolObservation(pool_name, tuple(queues), desired, backlog=backlog)
+        return PoolObservation(
+            pool_name, tuple(queues), desired, backlog=backlog, required=required
+        )
     status = live.get("status") or {}
     generation = live.get("metadata", {}).get("generation", 0)
     replicas = status.get("replicas", 0)
@@ -162,6 +168,7 @@ def observe_pool(
         rolled_out=rolled_out,
         stalled=stalled,
         backlog=backlog,
+        required=required,
     )
 
 
@@ -370,7 +377,11 @@ def _conditions(
 ) -> list[tuple[str, str, str, str]]:
     """(type, status, reason, message) for each condition, in a fixed order. Without a health
     report this time, the last WorkersHealthy condition stands."""
-    unavailable = [p.name for p in seen.pools if p.available < p.desired]
+    unavailable = [
+        p.name
+        for p in seen.pools
+        if p.available < (p.desired if p.required is None else min(p.required, p.desired))
+    ]
     rolling = [p.name for p in seen.pools if not p.rolled_out]
     if seen.beat_enabled and not seen.beat_rolled_out:
         rolling.append("beat")

@@ -225,6 +225,35 @@ SCHEMA_REJECTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda s: s["workers"][0].update(terminationGracePeriodSeconds=0),
         "spec.workers[0].terminationGracePeriodSeconds",
     ),
+    (
+        "autoscaling without maxReplicas",
+        lambda s: s["workers"][0].update(autoscaling={"minReplicas": 1}),
+        "spec.workers[0].autoscaling.maxReplicas",
+    ),
+    (
+        "maxReplicas below minReplicas",
+        lambda s: s["workers"][0].update(autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+        "spec.workers[0].autoscaling.maxReplicas",
+    ),
+    (
+        "fallback above maxReplicas",
+        lambda s: s["workers"][0].update(
+            autoscaling={"maxReplicas": 2, "brokerUnreadable": {"fallbackReplicas": 3}}
+        ),
+        "spec.workers[0].autoscaling.brokerUnreadable.fallbackReplicas",
+    ),
+    (
+        "a scale-down that can never step",
+        lambda s: s["workers"][0].update(
+            autoscaling={"maxReplicas": 2, "scaleDown": {"maxStepPercent": 0}}
+        ),
+        "spec.workers[0].autoscaling.scaleDown.maxStepPods",
+    ),
+    (
+        "zero target",
+        lambda s: s["workers"][0].update(autoscaling={"maxReplicas": 2, "targetTasksPerSlot": 0}),
+        "spec.workers[0].autoscaling.targetTasksPerSlot",
+    ),
 ]
 
 # Specs the schema accepts but that cannot work: the operator reports them as Degraded.
@@ -380,6 +409,24 @@ def test_the_operator_needs_no_more_than_the_deployed_rbac(
     clusters.create("demo", spec)
     clusters.wait_phase("demo", "Available")
     assert clusters.get("demo")["status"]["backlog"] >= 0  # the Secret was readable
+    # Autoscaling the idle pool to zero: a deletion cost on its pod, then a replica patch.
+    spec["workers"][1]["autoscaling"] = {
+        "minReplicas": 0,
+        "maxReplicas": 1,
+        "scaleDown": {"stabilizationWindowSeconds": 0},
+    }
+    clusters.patch_spec("demo", {"workers": spec["workers"]})
+    costs: set[str] = set()
+
+    def scaled_to_zero() -> bool:
+        for pod in clusters.pods(f"{naming.POOL_LABEL}=reports"):
+            annotations = pod["metadata"].get("annotations") or {}
+            costs.update(v for k, v in annotations.items() if k.endswith("pod-deletion-cost"))
+        return bool(clusters.deployments()["demo-worker-reports"]["spec"]["replicas"] == 0)
+
+    wait_for(scaled_to_zero, timeout=60, message="the idle pool was not scaled to zero")
+    assert costs == {"0"}, "the idle pod got no deletion cost before the scale-down"
+    assert clusters.event_messages("ScaledDown", "demo"), "no Event for the scale-down"
     clusters.patch_spec("demo", {"workers": spec["workers"][:1]})  # a delete
     wait_for(
         lambda: set(clusters.deployments()) == {"demo-worker-default"},

@@ -98,3 +98,63 @@ def test_a_cluster_that_is_gone_ends_its_loop() -> None:
 
     recorder, _ = asyncio.run(scenario())
     assert recorder.calls == [("ns", "a")]
+
+
+def test_polls_run_between_reconciles_never_beside_one_and_a_wake_wins() -> None:
+    """The autoscaler's polls share the cluster's loop: they run when the last outcome asks for
+    them, never at the same time as a reconcile, and a wake-up still reconciles at once."""
+    order: list[str] = []
+    running = 0
+    most_at_once = 0
+    lock = threading.Lock()
+
+    def step(kind: str) -> Outcome:
+        nonlocal running, most_at_once
+        with lock:
+            order.append(kind)
+            running += 1
+            most_at_once = max(most_at_once, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return Outcome(found=True, poll_in=0.02)
+
+    async def scenario() -> ClusterLoops:
+        loops = ClusterLoops(
+            lambda ns, n: step("reconcile"),
+            interval=60,
+            debounce=0.0,
+            poll=lambda ns, n: step("poll"),
+        )
+        loops.poke(("ns", "a"), create=True)
+        await _until(lambda: order.count("poll") >= 5)
+        loops.poke(("ns", "a"), create=True)
+        await _until(lambda: order.count("reconcile") == 2)
+        await _until(lambda: order[-1] == "poll")
+        await loops.stop()
+        return loops
+
+    loops = asyncio.run(scenario())
+    assert order[0] == "reconcile"
+    assert order.count("reconcile") == 2  # the interval (60 s) never came due: only the wake
+    assert order.count("poll") >= 6
+    assert loops.stats.polls >= 5
+    assert most_at_once == 1
+
+
+def test_without_autoscaled_pools_no_poll_runs() -> None:
+    polls: list[str] = []
+
+    async def scenario() -> None:
+        loops = ClusterLoops(
+            lambda ns, n: Outcome(found=True),
+            interval=0.05,
+            debounce=0.0,
+            poll=lambda ns, n: polls.append(n) or Outcome(found=True),  # type: ignore[func-returns-value]
+        )
+        loops.poke(("ns", "a"), create=True)
+        await asyncio.sleep(0.3)
+        await loops.stop()
+
+    asyncio.run(scenario())
+    assert polls == []

@@ -377,3 +377,19 @@ def test_no_scaling_conditions_or_fields_without_autoscaled_pools() -> None:
     assert not {"inFlight", "lastScale"} & set(update.status)
     assert "autoscaling" not in update.status["pools"][0]
     assert "inFlight" not in update.status["pools"][0]
+
+
+def test_an_autoscaled_pool_scaling_up_stays_available_while_its_minimum_is() -> None:
+    """Scaling 1 → 4 is not an outage: an autoscaled pool needs its minReplicas available."""
+    scaling_up = _pool(desired=4, ready=1, rolled_out=False, required=1)
+    assert _conditions(compute(_healthy(pools=(scaling_up,)), {}, T0))["Available"] == (
+        "True",
+        Reason.ALL_READY,
+    )
+    below_minimum = _pool(desired=4, ready=1, rolled_out=False, required=2)
+    fixed_size = _pool(desired=4, ready=1, rolled_out=False)
+    for pool in (below_minimum, fixed_size):
+        assert _conditions(compute(_healthy(pools=(pool,)), {}, T0))["Available"] == (
+            "False",
+            Reason.WORKERS_UNAVAILABLE,
+        )
