@@ -182,7 +182,7 @@ class Autoscaler:
         for pool in due:
             memory = cluster.pools[pool.name]
             memory.due = now + timedelta(seconds=pool.autoscaling.poll_interval_seconds)
-            load = _load(pool, memory.replicas, backlog, cluster.reading, now)
+            load = pool_load(pool, memory.replicas, backlog, cluster.reading, now)
             self._step(key, cluster, target, pool, load, now)
 
     def _step(
@@ -310,13 +310,19 @@ class Autoscaler:
             return self._clusters.setdefault(key, _Cluster())
 
 
-def _load(
+def pool_load(
     pool: WorkerPool,
     replicas: int,
     backlog: Mapping[str, int] | None,
     reading: TaskReading | None,
     now: datetime,
 ) -> scaling.Load:
+    """A pool's load from the last backlog read and the last answer of its workers.
+
+    A ready worker that did not answer counts as busy (a solo pool cannot answer while it runs
+    a task); one not ready yet holds nothing. An answer older than ``TASKS_FRESH``, or none,
+    leaves the running tasks unknown, unless the pool has no replicas to hold any.
+    """
     waiting = None if backlog is None else sum(backlog.get(q, 0) for q in pool.queues)
     if reading is None or reading.error is not None or now - reading.at > TASKS_FRESH:
         # Nothing known of the workers' tasks, unless there are no workers to hold any.

@@ -241,6 +241,12 @@ def compute(
     held = [r.load for r in seen.scaling if r.load is not None and r.load.running is not None]
     if held:
         status["inFlight"] = sum((load.running or 0) + load.held for load in held)
+    if seen.scaling:
+        status["scaling"] = "; ".join(
+            _scaling_summary(p, _report(seen.scaling, p.name))
+            for p in seen.pools
+            if _report(seen.scaling, p.name) is not None
+        )
     scales = [(r.last_scale, r.name) for r in seen.scaling if r.last_scale is not None]
     if scales:
         last, pool = max(scales, key=lambda item: item[0].at)
@@ -255,6 +261,17 @@ def compute(
 
 def _report(reports: Sequence[scaling.PoolReport], pool: str) -> scaling.PoolReport | None:
     return next((r for r in reports if r.name == pool), None)
+
+
+def _scaling_summary(pool: PoolObservation, report: scaling.PoolReport | None) -> str:
+    """One autoscaled pool for ``kubectl get -o wide``: ``default 3/4, 152 waiting, 8 held``."""
+    parts = [f"{pool.name} {pool.replicas}/{report.replicas if report else pool.desired}"]
+    load = report.load if report else None
+    if load is not None and load.backlog is not None:
+        parts.append(f"{load.backlog} waiting")
+    if load is not None and load.running is not None:
+        parts.append(f"{load.running + load.held} held")
+    return ", ".join(parts)
 
 
 def _scaling_status(report: scaling.PoolReport) -> dict[str, Any]:

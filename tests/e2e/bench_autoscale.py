@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -125,13 +126,18 @@ def _trial(clusters: Clusters, name: str, queue: str, redis_url: str) -> Trial:
     return Trial(rise, shrink)
 
 
+def _say(line: str) -> None:
+    """Print past KopfRunner, whose click runner swaps ``sys.stdout`` while the operator runs."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
 def _summary(label: str, trials: list[Trial]) -> tuple[float, float]:
     rise = statistics.mean(t.rise for t in trials)
     shrink = statistics.mean(t.shrink for t in trials)
     rises = ", ".join(f"{t.rise:.1f}" for t in trials)
     shrinks = ", ".join(f"{t.shrink:.1f}" for t in trials)
-    print(f"{label:<34} burst → replicas raised: mean {rise:5.1f} s  ({rises})")
-    print(f"{'':<34} drained → scale-down starts: mean {shrink:5.1f} s  ({shrinks})")
+    _say(f"{label:<34} burst → replicas raised: mean {rise:5.1f} s  ({rises})")
+    _say(f"{'':<34} drained → scale-down starts: mean {shrink:5.1f} s  ({shrinks})")
     return rise, shrink
 
 
@@ -166,13 +172,13 @@ def test_bench_autoscale(
         baseline.stop.set()
         thread.join()
 
-    print(
+    _say(
         f"\nautoscaling benchmark: {TRIALS} trials, bursts of {BURST} tasks of {TASK_SECONDS:g} s, "
         f"concurrency 2, max {MAX_REPLICAS} replicas, scale-down window {WINDOW} s on both sides"
     )
     our_rise, our_shrink = _summary("celery-operator (1 s poll)", ours)
     keda_rise, keda_shrink = _summary("KEDA-like (30 s poll + 15 s HPA)", theirs)
-    print(
+    _say(
         f"ratio (baseline / ours): raise {keda_rise / our_rise:.1f}x, "
         f"scale-down start {keda_shrink / our_shrink:.1f}x; "
         f"target: raise within 2 s (ours: {'met' if max(t.rise for t in ours) <= 2 else 'MISSED'})"

@@ -325,10 +325,15 @@ def test_printer_columns_read_fields_of_their_type(
     column_types = {"integer": ("integer",), "string": ("string",), "date": ("string",)}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(columns) == [
-        "Workers", "Beat", "Backlog", "In-Flight", "Last-Scale", "Status", "Age", "App", "Image"
+        "Workers", "Beat", "Backlog", "In-Flight", "Last-Scale", "Scaling", "Status", "Age", "App",
+        "Image",
     ]  # fmt: skip
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
-    assert {n for n, c in columns.items() if c.get("priority", 0) == 1} == {"App", "Image"}
+    assert {n for n, c in columns.items() if c.get("priority", 0) == 1} == {
+        "Scaling",
+        "App",
+        "Image",
+    }
     for name, column in columns.items():
         if column["jsonPath"].startswith(".metadata."):
             continue  # served by the API server, not in our schema

@@ -274,6 +274,7 @@ def test_an_autoscaled_pool_shows_its_reading_decision_and_last_scale() -> None:
     assert pool["inFlight"] == 3  # running + prefetched
     assert update.status["inFlight"] == 3
     assert update.status["lastScale"] == "default 1→4 (Load)"
+    assert update.status["scaling"] == "default 2/4, 7 waiting, 3 held"  # the -o wide column
 
 
 def test_cluster_in_flight_sums_the_pools_whose_tasks_are_known() -> None:
@@ -290,6 +291,7 @@ def test_cluster_in_flight_sums_the_pools_whose_tasks_are_known() -> None:
     assert "autoscaling" not in plain
     assert "inFlight" not in plain
     assert update.status["inFlight"] == 3
+    assert update.status["scaling"] == "default 2/4, 7 waiting, 3 held; reports 2/4, 0 waiting"
 
 
 def test_no_in_flight_while_no_pool_s_tasks_are_known() -> None:
