@@ -14,6 +14,8 @@ apt_packages=(
   iptables conntrack ethtool socat util-linux mount  # what kubelet expects on the host
   gcc libc6-dev                # the static pause program of the local cluster's sandbox image
   curl iproute2                # the local cluster's readiness checks and its blackhole route
+  prometheus                   # promtool (checks of metrics and alert rules) and the server the
+                               # e2e tests scrape the operator with
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -26,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 # Debian starts the packaged daemons; the project runs its own instances on its own ports.
-for svc in redis-server etcd containerd; do
+for svc in redis-server etcd containerd prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi

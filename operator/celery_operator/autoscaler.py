@@ -201,6 +201,7 @@ class Autoscaler:
         )
         memory.load, memory.decision = load, decision
         _export(namespace, name, pool.name, load, decision)
+        metrics.MAX_REPLICAS.labels(namespace, name, pool.name).set(pool.autoscaling.max_replicas)
         if decision.direction == scaling.DOWN and self._mark_costs(namespace, cluster, pool.name):
             # Scale down on the next poll, once the ReplicaSet controller sees the costs.
             memory.history = dataclasses.replace(decision.history, changes=memory.history.changes)

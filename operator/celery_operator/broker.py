@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_operator.queues import KeyScheme, keys_for_queues
+from celery_operator.queues import KeyScheme, delivery_tag, keys_for_queues
 
 SUPPORTED_SCHEMES: Final = ("redis", "rediss")
 """URL schemes of the brokers we can count: plain Redis and Redis over TLS."""
@@ -72,3 +72,26 @@ def read_backlog(
     except redis.RedisError as error:
         raise BrokerUnavailable(f"cannot read queue lengths: {error}") from error
     return {queue: sum(int(next(lengths)) for _ in keys) for queue, keys in keys_by_queue.items()}
+
+
+def read_heads(
+    client: redis.Redis[bytes], queues: Sequence[str], scheme: KeyScheme
+) -> dict[str, tuple[str | None, ...]]:
+    """The delivery tag of the oldest message (the right end) of each priority list of each
+    queue, None for an empty list; one pipelined round trip of ``LINDEX key -1``.
+
+    This reads whole messages, so it runs with the reconcile (every 15 s), not every poll.
+    """
+    keys_by_queue = keys_for_queues(queues, scheme)
+    pipe = client.pipeline(transaction=False)
+    for keys in keys_by_queue.values():
+        for key in keys:
+            pipe.lindex(key, -1)
+    try:
+        heads = iter(pipe.execute())
+    except redis.RedisError as error:
+        raise BrokerUnavailable(f"cannot read the queues' oldest messages: {error}") from error
+    return {
+        queue: tuple(delivery_tag(next(heads)) for _ in keys)
+        for queue, keys in keys_by_queue.items()
+    }

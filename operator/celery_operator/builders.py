@@ -98,6 +98,7 @@ def worker_deployment(
     args = ["-A", spec.app, "worker", "--hostname", naming.node_name(pool.name)]
     args += ["--queues", ",".join(pool.queues)]
     args += ["--concurrency", str(pool.concurrency), "--pool", pool.pool, "--loglevel", "INFO"]
+    args += ["--task-events"]  # task-* events: the operator's task metrics (eventstream.py)
     args += _flag("--prefetch-multiplier", pool.prefetch_multiplier)
     args += _flag("--max-tasks-per-child", pool.max_tasks_per_child)
     args += _flag("--max-memory-per-child", pool.max_memory_per_child_kib)

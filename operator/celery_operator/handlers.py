@@ -7,6 +7,7 @@ garbage collector removes its children through their owner references.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,11 +19,12 @@ from celery import Celery
 
 from celery_operator import GROUP, PLURAL, VERSION, broker, health, naming, remote
 from celery_operator.autoscaler import Autoscaler, TaskCensus
+from celery_operator.eventstream import EventStreams
 from celery_operator.kube import Kube, load_api_client
 from celery_operator.loops import ClusterLoops
 from celery_operator.monitor import Census, HealthMonitor
 from celery_operator.queues import KeyScheme
-from celery_operator.reconciler import BacklogReader, Reconciler, utcnow
+from celery_operator.reconciler import Reconciler, utcnow
 from celery_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
@@ -30,17 +32,26 @@ log = logging.getLogger(__name__)
 CHILD_LABELS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
 
 
-def backlog_reader(timeout: float) -> BacklogReader:
-    """Reads queue lengths with one Redis client per broker URL, kept between reconciles."""
-    clients: dict[str, redis.Redis[bytes]] = {}
+class BrokerReader:
+    """Reads queues with one Redis client per broker URL, kept between reconciles."""
 
-    def read(url: str, queues: Sequence[str], scheme: KeyScheme) -> Mapping[str, int]:
-        client = clients.get(url)
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._clients: dict[str, redis.Redis[bytes]] = {}
+
+    def backlog(self, url: str, queues: Sequence[str], scheme: KeyScheme) -> Mapping[str, int]:
+        return broker.read_backlog(self._client(url), queues, scheme)
+
+    def heads(
+        self, url: str, queues: Sequence[str], scheme: KeyScheme
+    ) -> Mapping[str, Sequence[str | None]]:
+        return broker.read_heads(self._client(url), queues, scheme)
+
+    def _client(self, url: str) -> redis.Redis[bytes]:
+        client = self._clients.get(url)
         if client is None:
-            client = clients[url] = broker.connect(url, timeout=timeout)
-        return broker.read_backlog(client, queues, scheme)
-
-    return read
+            client = self._clients[url] = broker.connect(url, timeout=self.timeout)
+        return client
 
 
 def census(timeout: float) -> Census:
@@ -83,19 +94,24 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # The autoscaler has a reader of its own: it polls from its own thread, every second.
     autoscaler = Autoscaler(
         kube,
-        backlog_reader(config.broker_timeout_seconds),
+        BrokerReader(config.broker_timeout_seconds).backlog,
         tasks_census(config.census_timeout_seconds),
         clock=utcnow,
     )
+    events = EventStreams()
+    reader = BrokerReader(config.broker_timeout_seconds)
     reconciler = Reconciler(
         kube,
-        backlog_reader(config.broker_timeout_seconds),
+        reader.backlog,
         monitor=monitor,
         autoscaler=autoscaler,
+        events=events,
+        read_heads=reader.heads,
     )
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
     memo["kube"] = kube
+    memo["events"] = events
     memo["loops"] = ClusterLoops(
         reconciler.reconcile,
         interval=config.reconcile_interval_seconds,
@@ -108,6 +124,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     loops: ClusterLoops = memo["loops"]
     await loops.stop()
+    events: EventStreams = memo["events"]
+    await asyncio.to_thread(events.stop)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

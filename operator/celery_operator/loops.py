@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from celery_operator import metrics
 from celery_operator.reconciler import Outcome
 
 log = logging.getLogger(__name__)
@@ -90,15 +92,20 @@ class ClusterLoops:
             loop.wake.clear()
             delay = self._interval
             poll_in: float | None = None
+            started = time.monotonic()
             try:
                 outcome = await asyncio.to_thread(self._reconcile, namespace, name)
             except Exception:
                 self.stats.failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                 log.exception(
                     "reconcile of %s/%s failed; retrying in %.0fs", namespace, name, backoff
                 )
                 delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_SECONDS)
             else:
+                metrics.RECONCILE_SECONDS.labels(namespace, name).observe(
+                    time.monotonic() - started
+                )
                 backoff = 1.0
                 poll_in = outcome.poll_in if self._poll is not None else None
                 self.stats.reconciles += 1
@@ -134,6 +141,7 @@ class ClusterLoops:
                 polled = await asyncio.to_thread(self._poll, namespace, name)
             except Exception:
                 self.stats.failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                 log.exception("autoscaler poll of %s/%s failed", namespace, name)
                 poll_in = 1.0
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 WORKER_RESTARTS: Final = Counter(
     "celery_operator_worker_restarts_total",
@@ -53,8 +53,105 @@ DESIRED_REPLICAS: Final = Gauge(
     "Replicas the autoscaler wants for a pool.",
     ["namespace", "cluster", "pool"],
 )
+MAX_REPLICAS: Final = Gauge(
+    "celery_operator_pool_max_replicas",
+    "An autoscaled pool's maxReplicas (alerts compare the desired replicas with it).",
+    ["namespace", "cluster", "pool"],
+)
 SCALING_DECISIONS: Final = Counter(
     "celery_operator_scaling_decisions_total",
     "Replica changes made by the autoscaler, by direction (up, down) and reason.",
     ["namespace", "cluster", "pool", "direction", "reason"],
 )
+
+# --- from Celery events (eventstream.py): by pool and task name, never by pod ---------------
+TASKS: Final = Counter(
+    "celery_operator_tasks_total",
+    "Task events seen, by pool, task name and state (sent, received, started, succeeded, "
+    "failed, retried, revoked, rejected). Names past the per-cluster limit count as 'other'.",
+    ["namespace", "cluster", "pool", "task", "state"],
+)
+TASK_RUNTIME: Final = Histogram(
+    "celery_operator_task_runtime_seconds",
+    "Runtime of succeeded tasks, as the worker measured it (task-succeeded runtime).",
+    ["namespace", "cluster", "pool", "task"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+TASK_WAIT: Final = Histogram(
+    "celery_operator_task_queue_wait_seconds",
+    "From task-sent (else task-received) to task-started: how long a task waited for a slot.",
+    ["namespace", "cluster", "pool", "task"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+WORKERS_ONLINE: Final = Gauge(
+    "celery_operator_workers_online",
+    "Workers whose heartbeat event is recent (twice its frequency plus 2 s), by pool.",
+    ["namespace", "cluster", "pool"],
+)
+
+# --- from each reconcile -------------------------------------------------------------------
+QUEUE_MESSAGES: Final = Gauge(
+    "celery_operator_queue_backlog",
+    "Messages waiting in a queue, every priority list counted, at the last reconcile.",
+    ["namespace", "cluster", "queue"],
+)
+QUEUE_OLDEST_AGE: Final = Gauge(
+    "celery_operator_queue_oldest_message_age_seconds",
+    "How long the oldest message of a queue has waited, at least: measured from when the "
+    "operator first saw it at the head of the queue (as fine as the reconcile interval); 0 "
+    "when the queue is empty.",
+    ["namespace", "cluster", "queue"],
+)
+POOL_REPLICAS: Final = Gauge(
+    "celery_operator_pool_replicas",
+    "A pool's worker pods: desired (what the operator asks for), current (that exist), ready.",
+    ["namespace", "cluster", "pool", "kind"],
+)
+BEAT_UP: Final = Gauge(
+    "celery_operator_beat_up",
+    "1 while the beat pod is ready (its probe checks that the scheduler ticks), else 0; "
+    "absent when beat is disabled.",
+    ["namespace", "cluster"],
+)
+BROKER_REACHABLE: Final = Gauge(
+    "celery_operator_broker_reachable",
+    "1 when the last reconcile could read the broker, else 0.",
+    ["namespace", "cluster"],
+)
+RECONCILE_SECONDS: Final = Histogram(
+    "celery_operator_reconcile_duration_seconds",
+    "Wall time of one reconcile of one cluster.",
+    ["namespace", "cluster"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECONCILE_ERRORS: Final = Counter(
+    "celery_operator_reconcile_errors_total",
+    "Reconciles (and autoscaler polls) of a cluster that failed with an error and were retried.",
+    ["namespace", "cluster"],
+)
+
+
+PER_CLUSTER: Final[tuple[Counter | Gauge | Histogram, ...]] = (
+    WORKER_RESTARTS, HUNG_WORKERS, WORKERS_ANSWERING, WORKERS_CHECKED, MONITOR_GUARD,
+    QUEUE_BACKLOG, TASKS_RUNNING, TASKS_PREFETCHED, DESIRED_REPLICAS, MAX_REPLICAS,
+    SCALING_DECISIONS,
+    TASKS, TASK_RUNTIME, TASK_WAIT, WORKERS_ONLINE,
+    QUEUE_MESSAGES, QUEUE_OLDEST_AGE, POOL_REPLICAS, BEAT_UP, BROKER_REACHABLE, RECONCILE_SECONDS,
+    RECONCILE_ERRORS,
+)  # fmt: skip
+"""Every metric labelled by namespace and cluster."""
+
+
+def forget_cluster(namespace: str, cluster: str) -> None:
+    """Drop every series of a deleted cluster, so that it stops being exported."""
+    for metric in PER_CLUSTER:
+        names: tuple[str, ...] = metric._labelnames  # prometheus_client has no public accessor
+        series = {
+            tuple(sample.labels[n] for n in names)
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.labels.get("namespace") == namespace
+            and sample.labels.get("cluster") == cluster
+        }
+        for values in series:
+            metric.remove(*values)

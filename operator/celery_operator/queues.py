@@ -8,8 +8,9 @@ measures a backlog goes through :func:`queue_keys`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 DEFAULT_PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 """kombu's ``PRIORITY_STEPS`` for the Redis transport."""
@@ -44,3 +45,49 @@ def queue_keys(queue: str, scheme: KeyScheme = KeyScheme()) -> list[str]:
 def keys_for_queues(queues: Sequence[str], scheme: KeyScheme = KeyScheme()) -> dict[str, list[str]]:
     """Map each queue to its Redis lists, keeping the caller's order."""
     return {queue: queue_keys(queue, scheme) for queue in queues}
+
+
+def delivery_tag(raw: bytes | str | None) -> str | None:
+    """The ``delivery_tag`` kombu's Redis transport stores in a message (its JSON envelope's
+    ``properties``); None for a missing or unreadable message."""
+    if raw is None:
+        return None
+    try:
+        envelope = json.loads(raw)
+        tag = envelope["properties"]["delivery_tag"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(tag) if tag is not None else None
+
+
+@dataclass
+class OldestMessages:
+    """How long each queue's oldest message has waited, at least.
+
+    kombu pushes on the left of a list and consumes from the right, so the right end of each
+    priority list holds its oldest message. Messages carry no time they were sent, so the age is
+    measured from when the operator first saw a message there: a lower bound, as fine as the
+    polls. One entry per list, whatever the traffic.
+    """
+
+    _first_seen: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
+
+    def observe(self, heads: Mapping[str, Sequence[str | None]], now: float) -> dict[str, float]:
+        """``heads``: the delivery tag at the right end of each of a queue's lists (None when
+        empty). Returns each queue's oldest age in seconds (0 when it is empty)."""
+        ages: dict[str, float] = {}
+        seen: set[tuple[str, int]] = set()
+        for queue, tags in heads.items():
+            age = 0.0
+            for index, tag in enumerate(tags):
+                if tag is None:
+                    continue
+                key = (queue, index)
+                seen.add(key)
+                known = self._first_seen.get(key)
+                if known is None or known[0] != tag:
+                    known = self._first_seen[key] = (tag, now)
+                age = max(age, now - known[1])
+            ages[queue] = age
+        self._first_seen = {k: v for k, v in self._first_seen.items() if k in seen}
+        return ages

@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 from celery_operator import GROUP, KIND, VERSION, builders, diff, health, metrics, naming, status
 from celery_operator.autoscaler import Autoscaler, Target
+from celery_operator.eventstream import EventStreams
 from celery_operator.kube import EventTarget, Kube, KubeError
 from celery_operator.monitor import (
     BROKER_UNREACHABLE,
@@ -27,13 +29,15 @@ from celery_operator.monitor import (
     HealthReport,
     WorkerPod,
 )
-from celery_operator.queues import KeyScheme
+from celery_operator.queues import KeyScheme, OldestMessages
 from celery_operator.spec import ClusterSpec, SpecError, parse_cluster
 
 log = logging.getLogger(__name__)
 
 BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
 """Reads messages waiting per queue from the broker at a URL; raises when it cannot."""
+HeadReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, Sequence[str | None]]]
+"""Reads the delivery tag of the oldest message of each queue's lists; raises when it cannot."""
 
 Clock = Callable[[], datetime]
 
@@ -64,12 +68,17 @@ class Reconciler:
         clock: Clock = utcnow,
         monitor: HealthMonitor | None = None,
         autoscaler: Autoscaler | None = None,
+        events: EventStreams | None = None,
+        read_heads: HeadReader | None = None,
     ) -> None:
         self.kube = kube
         self.read_backlog = read_backlog
         self.clock = clock
         self.monitor = monitor
         self.autoscaler = autoscaler
+        self.events = events
+        self.read_heads = read_heads
+        self._oldest: dict[tuple[str, str], OldestMessages] = {}
 
     def autoscale(self, namespace: str, name: str) -> Outcome:
         """One autoscaler poll of the cluster, between two reconciles."""
@@ -92,6 +101,10 @@ class Reconciler:
                 self.monitor.forget((namespace, name))
             if self.autoscaler is not None:
                 self.autoscaler.forget((namespace, name))
+            if self.events is not None:
+                self.events.forget((namespace, name))
+            metrics.forget_cluster(namespace, name)
+            self._oldest.pop((namespace, name), None)
             return Outcome(found=False)  # the garbage collector removes the children
         meta = cluster["metadata"]
         owner = builders.Owner(
@@ -137,7 +150,12 @@ class Reconciler:
             if spec is not None and broker_url is not None and not problems:
                 tracked = Target(spec, broker_url, target)
             self.autoscaler.track((namespace, name), tracked)
+        if self.events is not None and spec is not None and broker_url is not None:
+            self.events.watch((namespace, name), broker_url, spec)
+            self.events.export((namespace, name), tuple(p.name for p in spec.workers))
         queue_backlog, broker_error = self._backlog(spec, broker_url)
+        if queue_backlog is not None and spec is not None and broker_url is not None:
+            self._export_oldest(namespace, name, spec, broker_url)
         previous = cluster.get("status") or {}
         report = None
         if spec is not None and broker_url is not None and not problems:
@@ -157,6 +175,7 @@ class Reconciler:
         scaling = self.autoscaler.report((namespace, name)) if self.autoscaler else ()
         seen = dataclasses.replace(seen, health=report, scaling=scaling)
         update = status.compute(seen, previous, self.clock())
+        _export_cluster(namespace, name, seen)
         if _differs(update.status, previous):
             patch = {**{k: None for k in previous if k not in update.status}, **update.status}
             self.kube.patch_cluster_status(namespace, name, patch)
@@ -175,6 +194,20 @@ class Reconciler:
             phase=update.status["phase"],
             poll_in=self.autoscaler.next_poll((namespace, name)) if self.autoscaler else None,
         )
+
+    def _export_oldest(self, namespace: str, name: str, spec: ClusterSpec, broker_url: str) -> None:
+        """The age of each queue's oldest message, as a gauge (see queues.OldestMessages)."""
+        if self.read_heads is None:
+            return
+        queues = sorted({q for pool in spec.workers for q in pool.queues})
+        try:
+            heads = self.read_heads(broker_url, queues, spec.broker.keys)
+        except Exception as error:  # the broker went away since the backlog read: next time
+            log.info("could not read the oldest messages of %s/%s: %s", namespace, name, error)
+            return
+        oldest = self._oldest.setdefault((namespace, name), OldestMessages())
+        for queue, age in oldest.observe(heads, time.monotonic()).items():
+            metrics.QUEUE_OLDEST_AGE.labels(namespace, name, queue).set(age)
 
     def _health(
         self,
@@ -439,6 +472,24 @@ def _worker_pod(pod: Mapping[str, Any], now: datetime) -> WorkerPod:
         terminating=bool(meta.get("deletionTimestamp")),
         age=now - born,
     )
+
+
+def _export_cluster(namespace: str, name: str, seen: status.Observation) -> None:
+    """The reconcile's own readings as gauges (by queue and pool, never by pod)."""
+    for queue, count in (seen.queue_backlog or {}).items():
+        metrics.QUEUE_MESSAGES.labels(namespace, name, queue).set(count)
+    for pool in seen.pools:
+        for kind, value in (
+            ("desired", pool.desired),
+            ("current", pool.replicas),
+            ("ready", pool.ready),
+        ):
+            metrics.POOL_REPLICAS.labels(namespace, name, pool.name, kind).set(value)
+    if seen.beat_enabled:
+        metrics.BEAT_UP.labels(namespace, name).set(1 if seen.beat_ready else 0)
+    if seen.queue_backlog is not None or seen.broker_error is not None:
+        reachable = 1 if seen.broker_error is None else 0
+        metrics.BROKER_REACHABLE.labels(namespace, name).set(reachable)
 
 
 def _export(namespace: str, name: str, report: HealthReport) -> None:

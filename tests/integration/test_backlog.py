@@ -187,3 +187,32 @@ def test_backlog_counts_messages_published_by_priority_step(
     client = broker.connect(redis_server.url, timeout=2.0)
     assert read_backlog(client, ["p"], _scheme(options)) == {"p": 8}
     assert json.loads(json.dumps(options))["sep"] == "\x06\x16"  # survives the env's JSON
+
+
+def test_heads_are_the_oldest_message_of_each_priority_list(
+    redis_server: RedisServer, redis_client: redis.Redis[bytes]
+) -> None:
+    options = SCHEMES["prefix with kombu's default steps"]
+    app = client_app(redis_server.url, options)
+    try:
+        first = app.send_task("celery_demo.tasks.add", args=(1, 1), queue="alpha")
+        for i in range(3):
+            app.send_task("celery_demo.tasks.add", args=(i, i), queue="alpha")
+        urgent = app.send_task("celery_demo.tasks.add", args=(9, 9), queue="alpha", priority=9)
+    finally:
+        app.close()
+    client = broker.connect(redis_server.url, timeout=2.0)
+    heads = broker.read_heads(client, ["alpha", "missing"], _scheme(options))
+
+    assert heads["missing"] == (None, None, None, None)
+    step0, step3, step6, step9 = heads["alpha"]
+    assert (step3, step6) == (None, None)
+    by_tag: dict[str, str] = {}
+    for key in ("x:alpha", f"x:alpha{DEFAULT_SEPARATOR}9"):
+        for raw in redis_client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            by_tag[message["properties"]["delivery_tag"]] = message["headers"]["id"]
+    assert step0 is not None
+    assert step9 is not None
+    assert by_tag[step0] == first.id  # the oldest of the plain list: the first one sent
+    assert by_tag[step9] == urgent.id

@@ -45,6 +45,7 @@ def test_worker_command_line() -> None:
         "--hostname", "default@$(POD_NAME)",
         "--queues", "celery,emails",
         "--concurrency", "8", "--pool", "prefork", "--loglevel", "INFO",
+        "--task-events",
         "--max-tasks-per-child", "100",
         "--soft-time-limit", "50", "--time-limit", "60",
         "--without-gossip",

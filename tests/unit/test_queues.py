@@ -7,6 +7,7 @@ renames lists fails these tests rather than silently zeroing the operator's back
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +17,8 @@ from celery_operator.queues import (
     DEFAULT_PRIORITY_STEPS,
     DEFAULT_SEPARATOR,
     KeyScheme,
+    OldestMessages,
+    delivery_tag,
     keys_for_queues,
     queue_keys,
 )
@@ -133,3 +136,22 @@ def test_keys_for_queues_keeps_the_callers_order() -> None:
     mapping = keys_for_queues(["zeta", "alpha"], scheme)
     assert list(mapping) == ["zeta", "alpha"]
     assert mapping["alpha"] == ["alpha", f"alpha{SEP}9"]
+
+
+def test_delivery_tag_from_kombus_envelope_or_none() -> None:
+    envelope = json.dumps({"body": "e30=", "properties": {"delivery_tag": "abc-1"}})
+    assert delivery_tag(envelope.encode()) == "abc-1"
+    assert delivery_tag(None) is None
+    assert delivery_tag(b"not json") is None
+    assert delivery_tag(b'{"properties": {}}') is None
+
+
+def test_oldest_age_counts_from_first_sight_per_list_and_forgets_emptied_lists() -> None:
+    oldest = OldestMessages()
+    assert oldest.observe({"q": ("a", None)}, now=100.0) == {"q": 0.0}
+    # Still "a" at the head 30 s later; a priority list gets its first message.
+    assert oldest.observe({"q": ("a", "p1")}, now=130.0) == {"q": 30.0}
+    # "a" consumed: the new head is only as old as its first sighting; "p1" keeps aging.
+    assert oldest.observe({"q": ("b", "p1")}, now=140.0) == {"q": 10.0}
+    assert oldest.observe({"q": (None, None), "r": ("c",)}, now=150.0) == {"q": 0.0, "r": 0.0}
+    assert oldest.observe({"q": (None, "p1")}, now=160.0) == {"q": 0.0}  # forgotten, seen anew
