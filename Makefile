@@ -33,10 +33,12 @@ e2e: deps
 
 # Figures, not pass/fail: the probes' CPU, wall time and broker traffic against `inspect ping`,
 # the hung-worker monitor's broker traffic per cycle and detection time for 1, 10, 50 workers, and
-# (on the local cluster) autoscaling reaction times against a KEDA-like baseline.
+# the task-event metrics' memory after 100,000 events against Flower's State, and (on the local
+# cluster) autoscaling reaction times against a KEDA-like baseline.
 bench: deps
 	$(PY) -m tests.bench.bench_probes
 	$(PY) -m tests.bench.bench_hung
+	$(PY) -m tests.bench.bench_events
 	$(PY) -m pytest tests/e2e/bench_autoscale.py -q -s -p no:logging
 
 cluster: deps
