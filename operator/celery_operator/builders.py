@@ -80,6 +80,8 @@ def desired_children(
     ]
     if spec.beat.enabled:
         children.append(beat_statefulset(owner, spec))
+    if spec.flower.enabled:
+        children += [flower_deployment(owner, spec), flower_service(owner, spec)]
     return children
 
 
@@ -196,6 +198,70 @@ def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
         },
     }
     return _stamped(statefulset)
+
+
+def flower_deployment(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
+    """Flower, the Celery web UI, behind the basic-auth login of the user's Secret.
+
+    The credentials reach Flower as ``FLOWER_BASIC_AUTH`` (Flower reads ``FLOWER_*`` options
+    from its environment), never in its command line. ``Recreate``: under host networking two
+    Flowers cannot listen on the same node and port during a rollout.
+    """
+    flower = spec.flower
+    selector = naming.flower_selector(owner.name)
+    placement = Placement(resources=flower.resources)
+    auth = {
+        "name": "FLOWER_BASIC_AUTH",
+        "valueFrom": {"secretKeyRef": {"name": flower.secret_name, "key": flower.secret_key}},
+    }
+    args = ["-A", spec.app, "flower", f"--port={flower.port}"]
+    container = _container(naming.FLOWER, spec, placement, spec.pod, args, extra_env=[auth])
+    check = {"httpGet": {"path": "/healthcheck", "port": flower.port}}  # needs no login
+    container["ports"] = [{"name": "http", "containerPort": flower.port, "protocol": "TCP"}]
+    container["readinessProbe"] = {**check, "periodSeconds": 5, "failureThreshold": 2}
+    container["livenessProbe"] = {**check, "periodSeconds": 20, "failureThreshold": 3}
+    template = _pod_template(
+        spec,
+        placement,
+        spec.pod,
+        labels={**naming.cluster_labels(owner.name), **selector},
+        container=container,
+        grace=10,
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, naming.flower_name(owner.name), selector),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "Recreate"},
+            "template": template,
+        },
+    }
+    return _stamped(deployment)
+
+
+def flower_service(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
+    """A ClusterIP Service in front of Flower (``kubectl port-forward svc/<name>-flower``)."""
+    selector = naming.flower_selector(owner.name)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, naming.flower_name(owner.name), selector),
+        "spec": {
+            "selector": selector,
+            "ports": [
+                {
+                    "name": "http",
+                    "port": spec.flower.port,
+                    "targetPort": spec.flower.port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    return _stamped(service)
 
 
 def spec_hash(obj: Mapping[str, Any]) -> str:

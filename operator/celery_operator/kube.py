@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 _CHILD_PATHS: Final = {
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
     "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets",
+    "Service": "/api/v1/namespaces/{namespace}/services",
 }
+_CHILD_API_VERSIONS: Final = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "Service": "v1"}
 _CLUSTERS: Final = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}"
 
 
@@ -94,7 +96,7 @@ class Kube:
         items: list[dict[str, Any]] = body.get("items", []) if body else []
         for item in items:  # list items come without their kind
             item.setdefault("kind", kind)
-            item.setdefault("apiVersion", "apps/v1")
+            item.setdefault("apiVersion", _CHILD_API_VERSIONS[kind])
         return items
 
     def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ a removal, which a "desired is a subset of live" comparison alone cannot see."""
 
 WORKER: Final = "worker"
 BEAT: Final = "beat"
+FLOWER: Final = "flower"
 
 
 def worker_name(cluster: str, pool: str) -> str:
@@ -28,6 +29,11 @@ def worker_name(cluster: str, pool: str) -> str:
 
 def beat_name(cluster: str) -> str:
     return f"{cluster}-beat"
+
+
+def flower_name(cluster: str) -> str:
+    """The Flower Deployment and its Service."""
+    return f"{cluster}-flower"
 
 
 def node_name(pool: str) -> str:
@@ -55,3 +61,7 @@ def worker_selector(cluster: str, pool: str) -> dict[str, str]:
 
 def beat_selector(cluster: str) -> dict[str, str]:
     return {INSTANCE_LABEL: cluster, COMPONENT_LABEL: BEAT}
+
+
+def flower_selector(cluster: str) -> dict[str, str]:
+    return {INSTANCE_LABEL: cluster, COMPONENT_LABEL: FLOWER}

@@ -130,6 +130,7 @@ class Reconciler:
         if spec is not None:
             broker_url, problem = self._broker_url(namespace, spec)
             problems += [problem] if problem else []
+            problems += self._flower_secret(namespace, spec)
             if self.autoscaler is not None:
                 pools = {
                     pool.name: live.get(("Deployment", naming.worker_name(name, pool.name))) or {}
@@ -268,7 +269,7 @@ class Reconciler:
     def _live_children(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
         labels = naming.cluster_labels(name)
         live: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind in ("Deployment", "StatefulSet"):
+        for kind in ("Deployment", "StatefulSet", "Service"):
             for obj in self.kube.list_children(kind, namespace, labels):
                 live[(kind, obj["metadata"]["name"])] = obj
         return live
@@ -298,6 +299,30 @@ class Reconciler:
                 f"spec.broker.urlSecretRef.key: Secret {ref.secret_name!r} key "
                 f"{ref.secret_key!r} is not valid base64-encoded text",
             )
+
+    def _flower_secret(self, namespace: str, spec: ClusterSpec) -> list[status.Problem]:
+        """Flower's login must exist before Flower starts: it is never served without one."""
+        flower = spec.flower
+        if not flower.enabled:
+            return []
+        data = self.kube.get_secret_data(namespace, flower.secret_name)
+        if data is None:
+            return [
+                status.Problem(
+                    status.Reason.FLOWER_SECRET_MISSING,
+                    f"spec.flower.basicAuthSecretRef.name: Secret {flower.secret_name!r} not "
+                    f"found in namespace {namespace!r}",
+                )
+            ]
+        if flower.secret_key not in data:
+            return [
+                status.Problem(
+                    status.Reason.FLOWER_SECRET_MISSING,
+                    f"spec.flower.basicAuthSecretRef.key: Secret {flower.secret_name!r} has no "
+                    f"key {flower.secret_key!r} (it has: {', '.join(sorted(data)) or 'none'})",
+                )
+            ]
+        return []
 
     def _name_conflicts(
         self,
@@ -426,6 +451,7 @@ class Reconciler:
                 )
                 for (kind, child), obj in sorted(live.items())
                 if kind == "Deployment"
+                and obj["metadata"]["labels"].get(naming.COMPONENT_LABEL) == naming.WORKER
             )
             beat_live = next((o for (k, _), o in live.items() if k == "StatefulSet"), None)
             beat_enabled = beat_live is not None
@@ -444,6 +470,11 @@ class Reconciler:
             beat_enabled = spec.beat.enabled
             beat_live = live.get(("StatefulSet", naming.beat_name(name)))
         beat_ready, beat_rolled_out = status.observe_beat(beat_live)
+        flower = None
+        if spec is not None and spec.flower.enabled:
+            deployment = live.get(("Deployment", naming.flower_name(name))) or {}
+            ready = (deployment.get("status") or {}).get("readyReplicas", 0) >= 1
+            flower = "Ready" if ready else "NotReady"
         return status.Observation(
             generation=generation,
             pools=pools,
@@ -453,6 +484,7 @@ class Reconciler:
             problems=tuple(problems),
             queue_backlog=queue_backlog,
             broker_error=broker_error,
+            flower=flower,
         )
 
 

@@ -62,6 +62,8 @@ two seconds, where a 30 s poll plus the HPA's 15 s sync takes up to 45."""
 DEFAULT_TOLERANCE_PERCENT: Final = 10
 """The HPA's tolerance: no change while load is within 10 % of the target."""
 DEFAULT_FALLBACK_AFTER_SECONDS: Final = 30
+DEFAULT_FLOWER_SECRET_KEY: Final = "auth"
+DEFAULT_FLOWER_PORT: Final = 5555
 
 POOL_TYPES: Final = ("prefork", "threads", "solo", "gevent", "eventlet")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
@@ -215,6 +217,18 @@ class Beat:
 
 
 @dataclass(frozen=True)
+class Flower:
+    """The optional Flower web UI (``spec.flower``), always behind a basic-auth login."""
+
+    enabled: bool = False
+    secret_name: str = ""
+    """The Secret whose ``secret_key`` holds ``user:password`` (comma-separated for several)."""
+    secret_key: str = DEFAULT_FLOWER_SECRET_KEY
+    port: int = DEFAULT_FLOWER_PORT
+    resources: Mapping[str, Json] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ProbeTiming:
     """When the kubelet runs one check, and how many failures in a row fail the probe."""
 
@@ -266,6 +280,7 @@ class ClusterSpec:
     pod: PodOverrides = field(default_factory=PodOverrides)
     beat: Beat = field(default_factory=Beat)
     probes: Probes = field(default_factory=Probes)
+    flower: Flower = field(default_factory=Flower)
 
     def pool(self, name: str) -> WorkerPool:
         """The pool called ``name``; KeyError when there is none."""
@@ -311,6 +326,9 @@ def parse_cluster(name: str, spec: Mapping[str, Json]) -> ClusterSpec:
     beat = _parse_beat(r.object("beat"))
     if beat.enabled and len(f"{name}-beat") > MAX_OBJECT_NAME:
         raise SpecError("metadata.name", f"must be at most {MAX_OBJECT_NAME - 5} characters")
+    flower = _parse_flower(r.object("flower"))
+    if flower.enabled and len(f"{name}-flower") > MAX_OBJECT_NAME:
+        raise SpecError("metadata.name", f"must be at most {MAX_OBJECT_NAME - 7} characters")
     return ClusterSpec(
         image=image,
         app=app,
@@ -323,6 +341,25 @@ def parse_cluster(name: str, spec: Mapping[str, Json]) -> ClusterSpec:
         pod=pod,
         beat=beat,
         probes=_parse_probes(r.object("probes")),
+        flower=flower,
+    )
+
+
+def _parse_flower(r: _Reader) -> Flower:
+    enabled = r.boolean("enabled", default=False)
+    ref = r.object("basicAuthSecretRef")
+    name = ref.string("name", default="")
+    if enabled and not name:
+        raise SpecError(
+            f"{ref.path}.name",
+            "is required when Flower is enabled: the operator never serves Flower without a login",
+        )
+    return Flower(
+        enabled=enabled,
+        secret_name=name,
+        secret_key=ref.string("key", default=DEFAULT_FLOWER_SECRET_KEY, min_length=1),
+        port=r.integer_or("port", DEFAULT_FLOWER_PORT, low=1024, high=65535),
+        resources=r.object("resources").raw,
     )
 
 

@@ -46,6 +46,7 @@ class Reason:
     RECONCILED: Final = "Reconciled"
     INVALID_SPEC: Final = "InvalidSpec"
     BROKER_SECRET_MISSING: Final = "BrokerSecretMissing"
+    FLOWER_SECRET_MISSING: Final = "FlowerSecretMissing"
     NAME_CONFLICT: Final = "NameConflict"
     APPLY_FAILED: Final = "ApplyFailed"
     ROLLOUT_STALLED: Final = "RolloutStalled"
@@ -111,6 +112,8 @@ class Observation:
     """The last hung-worker cycle; None when none ran (no monitor, or the spec is invalid)."""
     scaling: tuple[scaling.PoolReport, ...] = ()
     """The autoscaled pools, as the autoscaler last saw and decided them."""
+    flower: str | None = None
+    """``Ready`` or ``NotReady`` while ``spec.flower`` is enabled; None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,8 @@ def compute(
         ],
         "conditions": stamped,
     }
+    if seen.flower is not None:
+        status["flower"] = seen.flower
     held = [r.load for r in seen.scaling if r.load is not None and r.load.running is not None]
     if held:
         status["inFlight"] = sum((load.running or 0) + load.held for load in held)

@@ -25,7 +25,7 @@ from celery_operator import naming
 from celery_operator.handlers import BrokerReader
 from celery_operator.kube import Kube
 from celery_operator.reconciler import Reconciler
-from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _healthy, _run_operator
+from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy, _run_operator
 from tests.e2e.kube import wait_for
 
 
@@ -148,7 +148,7 @@ def test_removed_pool_and_deleted_cluster_leave_nothing(
 
     clusters.patch_spec("demo", {"workers": spec["workers"][:1]})
     wait_for(
-        lambda: set(clusters.deployments()) == {"demo-worker-default"},
+        lambda: set(clusters.deployments()) == {"demo-worker-default", "demo-flower"},
         timeout=120,
         message="removed pool's Deployment not deleted",
     )
@@ -406,9 +406,19 @@ def test_the_operator_needs_no_more_than_the_deployed_rbac(
 ) -> None:
     spec = sample_spec()
     spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
+    clusters.put_secret("flower-login", {"auth": "admin:s3cret"})
+    spec["flower"] = {
+        "enabled": True,
+        "basicAuthSecretRef": {"name": "flower-login"},
+        "port": _free_port(),
+    }
     clusters.create("demo", spec)
     clusters.wait_phase("demo", "Available")
     assert clusters.get("demo")["status"]["backlog"] >= 0  # the Secret was readable
+    flower = clusters.plain(
+        clusters.core.read_namespaced_service("demo-flower", clusters.namespace)
+    )
+    assert flower["spec"]["ports"][0]["port"] == spec["flower"]["port"]  # Services: list, patch
     # Autoscaling the idle pool to zero: a deletion cost on its pod, then a replica patch.
     spec["workers"][1]["autoscaling"] = {
         "minReplicas": 0,
@@ -429,7 +439,7 @@ def test_the_operator_needs_no_more_than_the_deployed_rbac(
     assert clusters.event_messages("ScaledDown", "demo"), "no Event for the scale-down"
     clusters.patch_spec("demo", {"workers": spec["workers"][:1]})  # a delete
     wait_for(
-        lambda: set(clusters.deployments()) == {"demo-worker-default"},
+        lambda: set(clusters.deployments()) == {"demo-worker-default", "demo-flower"},
         timeout=120,
         message="removed pool's Deployment not deleted",
     )

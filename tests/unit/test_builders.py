@@ -250,3 +250,36 @@ def test_user_max_interval_comes_after_the_operators() -> None:
     spec = with_changes(full_spec(), "beat.extraArgs", ["--max-interval", "60"])
     args = _container(_children(spec)["demo-beat"])["args"]
     assert args[-2:] == ["--max-interval", "60"]  # Celery takes the last one
+
+
+FLOWER = {"enabled": True, "basicAuthSecretRef": {"name": "flower-login"}, "port": 5600}
+
+
+def test_flower_runs_behind_the_secret_s_login_with_a_service_in_front() -> None:
+    spec = full_spec()
+    spec["flower"] = FLOWER
+    children = builders.desired_children(OWNER, parse_cluster("demo", spec))
+    flower = {o["kind"]: o for o in children if o["metadata"]["name"] == "demo-flower"}
+    deployment, service = flower["Deployment"], flower["Service"]
+    container = _container(deployment)
+    assert container["args"] == ["-A", "proj.celery:app", "flower", "--port=5600"]
+    assert _env(deployment)["FLOWER_BASIC_AUTH"] == {
+        "secretKeyRef": {"name": "flower-login", "key": "auth"}
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthcheck", "port": 5600}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True  # the cluster-wide podTemplate applies to Flower too
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels[naming.COMPONENT_LABEL] == naming.FLOWER
+    assert service["metadata"]["name"] == "demo-flower"
+    assert service["spec"]["selector"] == naming.flower_selector("demo")
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 5600, "targetPort": 5600, "protocol": "TCP"}
+    ]
+
+
+def test_no_flower_unless_enabled() -> None:
+    children = builders.desired_children(OWNER, parse_cluster("demo", full_spec()))
+    assert not any(naming.FLOWER in o["metadata"]["name"] for o in children)
+    assert not any(o["kind"] == "Service" for o in children)

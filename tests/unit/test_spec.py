@@ -281,3 +281,19 @@ def test_autoscaling_reads_every_field() -> None:
 def test_an_integer_target_per_slot_is_read_as_a_number() -> None:
     target = _autoscaling({"maxReplicas": 3, "targetTasksPerSlot": 3}).target_tasks_per_slot
     assert (target, type(target)) == (3.0, float)
+
+
+def test_flower_needs_a_login_secret_when_enabled() -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_cluster("demo", {**minimal_spec(), "flower": {"enabled": True}})
+    assert raised.value.path == "spec.flower.basicAuthSecretRef.name"
+    off = parse_cluster("demo", {**minimal_spec(), "flower": {"enabled": False}})
+    assert not off.flower.enabled
+    on = parse_cluster(
+        "demo",
+        {**minimal_spec(), "flower": {"enabled": True, "basicAuthSecretRef": {"name": "login"}}},
+    )
+    assert (on.flower.secret_name, on.flower.secret_key, on.flower.port) == ("login", "auth", 5555)
+    with pytest.raises(SpecError) as low:
+        parse_cluster("demo", {**minimal_spec(), "flower": {"port": 80}})
+    assert low.value.path == "spec.flower.port"
