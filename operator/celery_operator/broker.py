@@ -95,3 +95,20 @@ def read_heads(
         queue: tuple(delivery_tag(next(heads)) for _ in keys)
         for queue, keys in keys_by_queue.items()
     }
+
+
+BEAT_TICK_KEY: Final = "celery-operator:beat:last-tick"
+"""Where beat, run through ``celery-probe run``, announces its last tick (Unix time), after the
+``global_keyprefix``; the same key as ``celery_probes.state.BEAT_TICK_KEY``."""
+
+
+def read_beat_tick(client: redis.Redis[bytes], scheme: KeyScheme) -> float | None:
+    """When beat last ticked (its own clock, Unix time), or None when it never said so."""
+    try:
+        raw = client.get(f"{scheme.global_keyprefix}{BEAT_TICK_KEY}")
+    except redis.RedisError as error:
+        raise BrokerUnavailable(f"cannot read beat's last tick: {error}") from error
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None

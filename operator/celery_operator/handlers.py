@@ -47,6 +47,9 @@ class BrokerReader:
     ) -> Mapping[str, Sequence[str | None]]:
         return broker.read_heads(self._client(url), queues, scheme)
 
+    def beat_tick(self, url: str, scheme: KeyScheme) -> float | None:
+        return broker.read_beat_tick(self._client(url), scheme)
+
     def _client(self, url: str) -> redis.Redis[bytes]:
         client = self._clients.get(url)
         if client is None:
@@ -107,6 +110,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         autoscaler=autoscaler,
         events=events,
         read_heads=reader.heads,
+        read_beat_tick=reader.beat_tick,
     )
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)

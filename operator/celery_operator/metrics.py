@@ -113,6 +113,12 @@ BEAT_UP: Final = Gauge(
     "absent when beat is disabled.",
     ["namespace", "cluster"],
 )
+BEAT_LAST_TICK: Final = Gauge(
+    "celery_operator_beat_last_tick_timestamp_seconds",
+    "When beat's scheduler last ticked (Unix time, beat's clock), as beat run through "
+    "celery-probe announces it on a Redis broker at most every 5 s.",
+    ["namespace", "cluster"],
+)
 BROKER_REACHABLE: Final = Gauge(
     "celery_operator_broker_reachable",
     "1 when the last reconcile could read the broker, else 0.",
@@ -136,8 +142,8 @@ PER_CLUSTER: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     QUEUE_BACKLOG, TASKS_RUNNING, TASKS_PREFETCHED, DESIRED_REPLICAS, MAX_REPLICAS,
     SCALING_DECISIONS,
     TASKS, TASK_RUNTIME, TASK_WAIT, WORKERS_ONLINE,
-    QUEUE_MESSAGES, QUEUE_OLDEST_AGE, POOL_REPLICAS, BEAT_UP, BROKER_REACHABLE, RECONCILE_SECONDS,
-    RECONCILE_ERRORS,
+    QUEUE_MESSAGES, QUEUE_OLDEST_AGE, POOL_REPLICAS, BEAT_UP, BEAT_LAST_TICK, BROKER_REACHABLE,
+    RECONCILE_SECONDS, RECONCILE_ERRORS,
 )  # fmt: skip
 """Every metric labelled by namespace and cluster."""
 

@@ -38,6 +38,8 @@ BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
 """Reads messages waiting per queue from the broker at a URL; raises when it cannot."""
 HeadReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, Sequence[str | None]]]
 """Reads the delivery tag of the oldest message of each queue's lists; raises when it cannot."""
+BeatTickReader = Callable[[str, KeyScheme], float | None]
+"""Reads when beat last announced a tick (Unix time); raises when the broker cannot be read."""
 
 Clock = Callable[[], datetime]
 
@@ -70,6 +72,7 @@ class Reconciler:
         autoscaler: Autoscaler | None = None,
         events: EventStreams | None = None,
         read_heads: HeadReader | None = None,
+        read_beat_tick: BeatTickReader | None = None,
     ) -> None:
         self.kube = kube
         self.read_backlog = read_backlog
@@ -78,6 +81,7 @@ class Reconciler:
         self.autoscaler = autoscaler
         self.events = events
         self.read_heads = read_heads
+        self.read_beat_tick = read_beat_tick
         self._oldest: dict[tuple[str, str], OldestMessages] = {}
 
     def autoscale(self, namespace: str, name: str) -> Outcome:
@@ -156,7 +160,7 @@ class Reconciler:
             self.events.export((namespace, name), tuple(p.name for p in spec.workers))
         queue_backlog, broker_error = self._backlog(spec, broker_url)
         if queue_backlog is not None and spec is not None and broker_url is not None:
-            self._export_oldest(namespace, name, spec, broker_url)
+            self._export_broker_readings(namespace, name, spec, broker_url)
         previous = cluster.get("status") or {}
         report = None
         if spec is not None and broker_url is not None and not problems:
@@ -196,8 +200,11 @@ class Reconciler:
             poll_in=self.autoscaler.next_poll((namespace, name)) if self.autoscaler else None,
         )
 
-    def _export_oldest(self, namespace: str, name: str, spec: ClusterSpec, broker_url: str) -> None:
-        """The age of each queue's oldest message, as a gauge (see queues.OldestMessages)."""
+    def _export_broker_readings(
+        self, namespace: str, name: str, spec: ClusterSpec, broker_url: str
+    ) -> None:
+        """The age of each queue's oldest message (see queues.OldestMessages) and beat's last
+        tick, as gauges; what cannot be read now is read at the next reconcile."""
         if self.read_heads is None:
             return
         queues = sorted({q for pool in spec.workers for q in pool.queues})
@@ -209,6 +216,14 @@ class Reconciler:
         oldest = self._oldest.setdefault((namespace, name), OldestMessages())
         for queue, age in oldest.observe(heads, time.monotonic()).items():
             metrics.QUEUE_OLDEST_AGE.labels(namespace, name, queue).set(age)
+        if self.read_beat_tick is not None and spec.beat.enabled:
+            try:
+                tick = self.read_beat_tick(broker_url, spec.broker.keys)
+            except Exception as error:  # as above: next time
+                log.info("could not read beat's last tick of %s/%s: %s", namespace, name, error)
+                return
+            if tick is not None:
+                metrics.BEAT_LAST_TICK.labels(namespace, name).set(tick)
 
     def _health(
         self,

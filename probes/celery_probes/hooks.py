@@ -122,13 +122,47 @@ def _on_beat_init(sender: Any, **_: Any) -> None:
     scheduler = sender.scheduler
     tick: Callable[..., Any] = scheduler.tick
 
+    announce = _tick_announcer(sender.app)
+
     def recorded_tick(*args: Any, **kwargs: Any) -> Any:
         interval = tick(*args, **kwargs)
         next_in = float(interval) if isinstance(interval, int | float) else 0.0
         beat.update(last_tick=time.monotonic(), next_tick_in=next_in)
+        announce()
         return interval
 
     scheduler.tick = recorded_tick
+
+
+def _tick_announcer(app: Any) -> Callable[[], None]:
+    """Tells the operator beat ticks: the time of the last tick under ``BEAT_TICK_KEY`` on a
+    Redis broker, at most every ``BEAT_TICK_ANNOUNCE_SECONDS``. Never lets beat fail for it:
+    a broker that does not answer costs at most a short timeout, and nothing else happens."""
+    url = str(app.conf.broker_url or "").split(";")[0].strip()
+    if not url.startswith(("redis://", "rediss://")):
+        return lambda: None
+    options = app.conf.broker_transport_options or {}
+    key = f"{options.get('global_keyprefix') or ''}{probe_state.BEAT_TICK_KEY}"
+    last = [0.0]
+    client: list[Any] = []
+
+    def announce() -> None:
+        now = time.monotonic()
+        if now - last[0] < probe_state.BEAT_TICK_ANNOUNCE_SECONDS:
+            return
+        last[0] = now
+        try:
+            if not client:
+                import redis  # noqa: PLC0415 (only beat on a Redis broker needs it)
+
+                client.append(
+                    redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+                )
+            client[0].set(key, f"{time.time():.3f}", ex=86400)
+        except Exception:  # the announcement must never break beat
+            return
+
+    return announce
 
 
 def install() -> None:

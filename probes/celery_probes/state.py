@@ -18,6 +18,12 @@ WORKER_FILE = "worker.json"
 BEAT_FILE = "beat.json"
 
 HEARTBEAT_SECONDS = 1.0
+
+BEAT_TICK_KEY = "celery-operator:beat:last-tick"
+"""Redis key (after the broker's ``global_keyprefix``) where beat announces its last tick, as
+Unix time, for the operator's ``celery_operator_beat_last_tick_timestamp_seconds``."""
+BEAT_TICK_ANNOUNCE_SECONDS = 5.0
+"""At most one announcement per this many seconds: one SET, whatever the schedule."""
 """How often a worker's main loop stamps its heartbeat."""
 DEFAULT_MAX_AGE_SECONDS = 5.0
 """A heartbeat older than this means the worker's main loop is not running: the process is stopped,
