@@ -106,7 +106,6 @@ def test_prometheus_sees_the_backlog_with_priorities_and_the_task_counts(
     metrics_port: int,
 ) -> None:
     spec = sample_spec(concurrency=2)
-    spec["beat"] = {"enabled": False}
     spec["broker"]["transportOptions"] = {"globalKeyprefix": PREFIX, "prioritySteps": STEPS}
     spec["workers"].append({"name": "held", "queues": ["held"], "replicas": 0})
     clusters.create("mon", spec)
@@ -131,10 +130,13 @@ def test_prometheus_sees_the_backlog_with_priorities_and_the_task_counts(
         f'celery_operator_queue_backlog{{{where},queue="celery"}}': 0.0,
         f'sum(celery_operator_tasks_total{{{where},task="{TASKS}.add",state="succeeded"}})': 5.0,
         f'sum(celery_operator_tasks_total{{{where},task="{TASKS}.fail",state="failed"}})': 2.0,
-        f'sum(celery_operator_task_runtime_seconds_count{{{where},pool="default"}})': 5.0,
+        f'sum(celery_operator_task_runtime_seconds_count{{{where},task="{TASKS}.add"}})': 5.0,
         f'celery_operator_workers_online{{{where},pool="default"}}': 1.0,
         f'celery_operator_pool_replicas{{{where},pool="default",kind="ready"}}': 1.0,
         f"celery_operator_broker_reachable{{{where}}}": 1.0,
+        f"celery_operator_beat_up{{{where}}}": 1.0,
+        # Beat announced a tick (through the prefixed broker) within the last half minute.
+        f"time() - celery_operator_beat_last_tick_timestamp_seconds{{{where}}} < bool 30": 1.0,
     }
 
     def all_seen() -> bool:
