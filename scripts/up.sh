@@ -47,6 +47,7 @@ The sample runs. Next:
   kubectl -n celery-demo logs -f deploy/demo-worker-default   # watch them run
   .venv/bin/python examples/submit.py --broker redis://127.0.0.1:6390/0 --queue slow --count 6 sleep 20
   kubectl -n celery-demo get celeryclusters -w         # the slow pool scales 0 → 3 → 0
+  curl -s 127.0.0.1:9090/metrics | grep celery_operator_queue_backlog
   tail -f $state/operator.log                          # the operator
   make down                                            # stop the operator and the cluster
 MSG
