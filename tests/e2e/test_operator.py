@@ -148,7 +148,7 @@ def test_removed_pool_and_deleted_cluster_leave_nothing(
 
     clusters.patch_spec("demo", {"workers": spec["workers"][:1]})
     wait_for(
-        lambda: set(clusters.deployments()) == {"demo-worker-default", "demo-flower"},
+        lambda: set(clusters.deployments()) == {"demo-worker-default"},
         timeout=120,
         message="removed pool's Deployment not deleted",
     )
