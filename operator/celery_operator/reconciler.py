@@ -293,21 +293,17 @@ class Reconciler:
         self, namespace: str, spec: ClusterSpec
     ) -> tuple[str | None, status.Problem | None]:
         ref = spec.broker
-        data = self.kube.get_secret_data(namespace, ref.secret_name)
-        if data is None:
-            return None, status.Problem(
-                status.Reason.BROKER_SECRET_MISSING,
-                f"spec.broker.urlSecretRef.name: Secret {ref.secret_name!r} not found "
-                f"in namespace {namespace!r}",
-            )
-        if ref.secret_key not in data:
-            return None, status.Problem(
-                status.Reason.BROKER_SECRET_MISSING,
-                f"spec.broker.urlSecretRef.key: Secret {ref.secret_name!r} has no key "
-                f"{ref.secret_key!r} (it has: {', '.join(sorted(data)) or 'none'})",
-            )
+        raw, problem = self._secret_value(
+            namespace,
+            "spec.broker.urlSecretRef",
+            ref.secret_name,
+            ref.secret_key,
+            status.Reason.BROKER_SECRET_MISSING,
+        )
+        if raw is None:
+            return None, problem
         try:
-            return base64.b64decode(data[ref.secret_key]).decode().strip(), None
+            return base64.b64decode(raw).decode().strip(), None
         except (binascii.Error, UnicodeDecodeError):
             return None, status.Problem(
                 status.Reason.BROKER_SECRET_MISSING,
@@ -320,24 +316,31 @@ class Reconciler:
         flower = spec.flower
         if not flower.enabled:
             return []
-        data = self.kube.get_secret_data(namespace, flower.secret_name)
+        _, problem = self._secret_value(
+            namespace,
+            "spec.flower.basicAuthSecretRef",
+            flower.secret_name,
+            flower.secret_key,
+            status.Reason.FLOWER_SECRET_MISSING,
+        )
+        return [problem] if problem else []
+
+    def _secret_value(
+        self, namespace: str, field: str, name: str, key: str, reason: str
+    ) -> tuple[str | None, status.Problem | None]:
+        """A Secret key's value (still base64), or the problem that names ``field`` to fix."""
+        data = self.kube.get_secret_data(namespace, name)
         if data is None:
-            return [
-                status.Problem(
-                    status.Reason.FLOWER_SECRET_MISSING,
-                    f"spec.flower.basicAuthSecretRef.name: Secret {flower.secret_name!r} not "
-                    f"found in namespace {namespace!r}",
-                )
-            ]
-        if flower.secret_key not in data:
-            return [
-                status.Problem(
-                    status.Reason.FLOWER_SECRET_MISSING,
-                    f"spec.flower.basicAuthSecretRef.key: Secret {flower.secret_name!r} has no "
-                    f"key {flower.secret_key!r} (it has: {', '.join(sorted(data)) or 'none'})",
-                )
-            ]
-        return []
+            return None, status.Problem(
+                reason, f"{field}.name: Secret {name!r} not found in namespace {namespace!r}"
+            )
+        if key not in data:
+            return None, status.Problem(
+                reason,
+                f"{field}.key: Secret {name!r} has no key {key!r} "
+                f"(it has: {', '.join(sorted(data)) or 'none'})",
+            )
+        return data[key], None
 
     def _name_conflicts(
         self,
