@@ -4,12 +4,24 @@ The verdicts are pure functions of the state and of ``now`` (a ``time.monotonic(
 is system-wide on Linux, so the probe and the worker share one clock). The only I/O is reading and
 writing the one small file. Every probe run imports this module, so it imports only cheap parts of
 the standard library (no ``typing``, no ``dataclasses``: each would add tens of milliseconds).
+
+When the state says the broker connection is gone past its grace, or beat's tick is late, the
+verdict asks the broker itself, through a function it is given (``broker``; the checks pass
+:func:`celery_probes.brokercheck.try_broker`, imported only then), to tell "down for everyone" (a
+restart cannot help: pass) from "up, but this process is cut off" (fail).
 """
 
 from __future__ import annotations
 
 import json
 import os
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    BrokerCheck = Callable[[], tuple[bool, str]]
+    """Tries the broker: (whether it answered, what was found, without credentials)."""
 
 STATE_DIR_ENV = "CELERY_PROBE_DIR"
 """Where the state files live: the operator mounts an in-memory ``emptyDir`` there."""
@@ -30,9 +42,9 @@ DEFAULT_MAX_AGE_SECONDS = 5.0
 its loop is blocked, or it is stuck reconnecting to the broker. Five missed beats: a loaded 2-core
 node can delay one, never five."""
 DEFAULT_BROKER_GRACE_SECONDS = 30.0
-"""How long a worker may be without its broker connection and still count as alive. Celery retries
-after 2, 4, 6, 8... seconds, so a broker back within 20 s is reconnected within this; a restart
-would not bring an absent broker back sooner, and would restart every worker at once."""
+"""How long a worker may be without its broker connection before the check asks the broker
+itself. Within it, a reconnect is assumed to be on its way; past it, the worker fails only if the
+broker answers this pod (a restart cannot bring back a broker that is down for everyone)."""
 DEFAULT_BEAT_GRACE_SECONDS = 15.0
 """How late beat's next tick may be: a tick sends the due tasks (through a broker that may be slow
 to answer) and may write the schedule file first."""
@@ -86,14 +98,19 @@ def worker_liveness(
     now: float,
     max_age: float,
     broker_grace: float = DEFAULT_BROKER_GRACE_SECONDS,
+    broker: BrokerCheck | None = None,
 ) -> Verdict:
-    """Is the worker's main process running its loop?
+    """Is the worker's main process running its loop, or could a restart help?
 
     Passes while every pool slot is busy (the main loop still beats), during a warm shutdown (the
     grace period bounds it), and while a solo pool runs a task in the main loop (a task that never
     ends is a hung worker, for the operator to judge, not the kubelet). Fails when the heartbeat
-    stops (the process is stopped or its loop is blocked), or when the broker connection has been
-    lost for longer than ``broker_grace`` (Celery's main loop does not run while it reconnects).
+    stops (the process is stopped or its loop is blocked).
+
+    Without its broker connection (Celery's main loop does not run while it reconnects) the
+    worker passes for ``broker_grace``; after that ``broker`` is asked: while the broker does not
+    answer this pod either, it is down for everyone and the worker passes; when it answers, this
+    worker alone is cut off and fails. Without ``broker`` the grace alone decides.
     """
     problem = _unusable(state)
     if problem is not None:
@@ -109,7 +126,10 @@ def worker_liveness(
         lost = _age(state, "disconnected_at", now) or 0.0
         if lost <= broker_grace:
             return Verdict(True, f"reconnecting to the broker for {lost:.0f}s")
-        return Verdict(False, f"broker connection lost {lost:.0f}s ago (grace {broker_grace:g}s)")
+        cut_off = f"this worker has been disconnected for {lost:.0f}s (grace {broker_grace:g}s)"
+        if broker is None:
+            return Verdict(False, f"broker connection lost: {cut_off}")
+        return _unless_broker_down(broker, f"broker answers but {cut_off}")
     if age <= max_age:
         return Verdict(True, f"main loop alive (heartbeat {age:.1f}s ago)")
     if busy is not None:
@@ -154,10 +174,13 @@ def worker_readiness(
     return Verdict(True, f"consuming {', '.join(consuming) or 'no queues'}")
 
 
-def beat_liveness(state: State | None, now: float, grace: float) -> Verdict:
+def beat_liveness(
+    state: State | None, now: float, grace: float, broker: BrokerCheck | None = None
+) -> Verdict:
     """Is beat's scheduler loop ticking? It must tick again by the time its last tick asked for
     (the sleep the scheduler chose), plus ``grace``. A stopped process, or a tick stuck sending a
-    task to an unreachable broker, misses that time."""
+    task to an unreachable broker, misses that time; then ``broker`` is asked, as for a worker:
+    a broker down for everyone is waited for, a late tick while the broker answers fails."""
     problem = _unusable(state)
     if problem is not None:
         return Verdict(False, problem)
@@ -169,10 +192,22 @@ def beat_liveness(state: State | None, now: float, grace: float) -> Verdict:
     late = age - (float(sleep) if isinstance(sleep, int | float) else 0.0)
     if late <= grace:
         return Verdict(True, f"scheduler ticking (last tick {age:.1f}s ago)")
-    return Verdict(
-        False,
+    stalled = (
         f"scheduler loop stalled: last tick {age:.0f}s ago, the next was due {late:.0f}s ago "
-        f"(grace {grace:g}s)",
+        f"(grace {grace:g}s)"
+    )
+    if broker is None:
+        return Verdict(False, stalled)
+    return _unless_broker_down(broker, f"{stalled}; the broker answers")
+
+
+def _unless_broker_down(broker: BrokerCheck, failure: str) -> Verdict:
+    """Fail with ``failure`` (and what answered) if the broker answers; pass while it does not."""
+    answered, found = broker()
+    if answered:
+        return Verdict(False, f"{failure}: {found}")
+    return Verdict(
+        True, f"broker unreachable from this pod too ({found}): waiting for it, not restarting"
     )
 
 
