@@ -1,11 +1,14 @@
-"""The autoscaler: polls each autoscaled pool's load and carries out :func:`scaling.decide`.
+"""The autoscaler: decides each autoscaled pool's replicas (:func:`scaling.decide`) and writes them.
 
-A poll is one pipelined read of every priority list of the pool's queues (the broker adapter),
-every ``pollIntervalSeconds``, in the cluster's own reconcile loop, so it never races the
-reconcile that owns the same Deployments. What the workers hold (``active`` and ``reserved``, two
-broadcasts through the remote-control adapter) is asked in the background every
-``TASKS_REFRESH``, so a silent worker never delays a poll; a scale-down waits for an answer that
-is at most ``TASKS_FRESH`` old.
+The load comes from the cluster's shared broker (:mod:`brokers`): its poller reads every watched
+queue of every cluster on that broker in one pipelined round trip per ``pollIntervalSeconds``
+and wakes this cluster's loop when the counts change. A poll here then reads that snapshot (no
+I/O) and decides, in the cluster's own reconcile loop, so it never races the reconcile that owns
+the same Deployments. A cluster whose autoscaled pools are all at zero with nothing waiting is
+not polled at all until the broker wakes it. What the workers hold (``active`` and
+``reserved``, addressed to the pool's pods through the shared broker) is asked in the background
+every ``TASKS_REFRESH``, so a silent worker never delays a poll; a scale-down waits for an
+answer that is at most ``TASKS_FRESH`` old.
 
 Before a scale-down the pool's pods get a ``pod-deletion-cost`` from the tasks they hold, and the
 replica count is written one poll later, once the ReplicaSet controller can see the costs: the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,8 +31,8 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from celery_operator import metrics, naming, scaling
+from celery_operator.brokers import SharedBroker
 from celery_operator.kube import EventTarget, Kube, KubeError
-from celery_operator.queues import KeyScheme
 from celery_operator.spec import ClusterSpec, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -39,10 +43,9 @@ TASKS_REFRESH: Final = timedelta(seconds=2)
 TASKS_FRESH: Final = timedelta(seconds=6)
 """An answer older than this counts as unknown: the pool does not scale down on it."""
 
-BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
-"""(broker URL, queues, key scheme) -> messages waiting per queue; raises when unreadable."""
-TaskCensus = Callable[[str, KeyScheme, Sequence[str]], Mapping[str, tuple[int, int]]]
-"""(broker URL, key scheme, node names) -> (running, prefetched) per node that answered."""
+BACKLOG_FRESH_POLLS: Final = 3
+"""A shared backlog reading older than this many poll intervals (at least 3 s) counts as
+unreadable: the broker's poller is stuck on a broker that does not answer."""
 Clock = Callable[[], datetime]
 
 ClusterKey = tuple[str, str]
@@ -53,7 +56,7 @@ class Target:
     """What the last reconcile of a cluster tells the autoscaler."""
 
     spec: ClusterSpec
-    broker_url: str
+    broker: SharedBroker
     events: EventTarget
 
 
@@ -101,14 +104,16 @@ class Autoscaler:
     def __init__(
         self,
         kube: Kube,
-        read_backlog: BacklogReader,
-        census: TaskCensus,
         clock: Clock,
+        wake: Callable[[ClusterKey], None] = lambda key: None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
-        self.read_backlog = read_backlog
-        self.census = census
         self.clock = clock
+        self.wake = wake
+        """Makes the cluster's loop poll now (thread-safe: the broker's poller calls it)."""
+        self.monotonic = monotonic
+        """The clock of the broker's backlog readings."""
         self._clusters: dict[ClusterKey, _Cluster] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tasks-census")
@@ -139,12 +144,33 @@ class Autoscaler:
         return {name: memory.replicas for name, memory in cluster.pools.items()}
 
     def track(self, key: ClusterKey, target: Target | None) -> None:
-        """Poll this cluster's pools (None: stop, until a reconcile can say where the broker is)."""
-        self._cluster(key).target = target
+        """Poll this cluster's pools (None: stop, until a reconcile can say where the broker is),
+        and have its broker watch their queues."""
+        cluster = self._cluster(key)
+        before, cluster.target = cluster.target, target
+        scaled = [p for p in target.spec.workers if p.autoscaling.enabled] if target else []
+        if target is not None and scaled:
+            target.broker.watch(
+                key,
+                {q for p in scaled for q in p.queues},
+                min(p.autoscaling.poll_interval_seconds for p in scaled),
+                lambda: self.wake(key),
+            )
+        elif target is not None:
+            target.broker.unwatch(key)
+        if before is not None and (target is None or before.broker is not target.broker):
+            before.broker.unwatch(key)
 
     def forget(self, key: ClusterKey) -> None:
         with self._lock:
-            self._clusters.pop(key, None)
+            cluster = self._clusters.pop(key, None)
+        if cluster is not None and cluster.target is not None:
+            cluster.target.broker.unwatch(key)
+
+    @property
+    def clusters(self) -> int:
+        """Clusters this autoscaler remembers (released ones are forgotten)."""
+        return len(self._clusters)
 
     def report(self, key: ClusterKey) -> tuple[scaling.PoolReport, ...]:
         cluster = self._clusters.get(key)
@@ -156,9 +182,12 @@ class Autoscaler:
         )
 
     def next_poll(self, key: ClusterKey) -> float | None:
-        """Seconds until a pool of this cluster is due; None when none autoscales."""
+        """Seconds until a pool of this cluster is due; None when none autoscales, or when every
+        autoscaled pool idles at zero (the broker wakes the loop when a message comes)."""
         cluster = self._clusters.get(key)
         if cluster is None or cluster.target is None or not cluster.pools:
+            return None
+        if all(_idle_at_zero(p) for p in cluster.pools.values()):
             return None
         now = self.clock()
         return max(0.0, min((p.due - now).total_seconds() for p in cluster.pools.values()))
@@ -230,12 +259,15 @@ class Autoscaler:
         memory.replicas, memory.history = decision.replicas, decision.history
 
     def _backlog(self, target: Target, pools: Sequence[WorkerPool]) -> Mapping[str, int] | None:
-        queues = sorted({q for pool in pools for q in pool.queues})
-        try:
-            return self.read_backlog(target.broker_url, queues, target.spec.broker.keys)
-        except Exception as error:  # any broker failure: hold the replicas (scaling.decide)
-            log.warning("autoscaler cannot read the broker: %s", error)
+        """The broker's last shared reading, when it is fresh and readable; else None (then
+        the replicas hold: scaling.decide)."""
+        reading = target.broker.backlog()
+        if reading is None or reading.counts is None:
             return None
+        interval = min(p.autoscaling.poll_interval_seconds for p in pools)
+        if self.monotonic() - reading.at > max(3.0, BACKLOG_FRESH_POLLS * interval):
+            return None
+        return reading.counts
 
     def _mark_costs(self, namespace: str, cluster: _Cluster, pool: str) -> int:
         """Give each pod of ``pool`` its deletion cost; the number of pods that needed one."""
@@ -296,7 +328,7 @@ class Autoscaler:
             cost = (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
             listed[meta["name"]] = (pool, ready, cost)
         nodes = {f"{pool}@{pod}": pod for pod, (pool, _, _) in listed.items()}
-        answers = self.census(target.broker_url, target.spec.broker.keys, sorted(nodes))
+        answers = target.broker.tasks_in_hand(sorted(nodes))
         by_pod = {nodes[node]: tasks for node, tasks in answers.items() if node in nodes}
         return TaskReading(
             at=now,
@@ -309,6 +341,17 @@ class Autoscaler:
     def _cluster(self, key: ClusterKey) -> _Cluster:
         with self._lock:
             return self._clusters.setdefault(key, _Cluster())
+
+
+def _idle_at_zero(pool: _Pool) -> bool:
+    """At zero, decided to stay there, and nothing waited at the last poll."""
+    return (
+        pool.replicas == 0
+        and pool.decision is not None
+        and pool.decision.replicas == 0
+        and pool.load is not None
+        and pool.load.backlog == 0
+    )
 
 
 def pool_load(

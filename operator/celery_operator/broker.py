@@ -33,8 +33,10 @@ class BrokerUnavailable(Exception):  # noqa: N818 (a state, named as the callers
     """The broker could not be read: unreachable, timed out, refused us, or answered an error."""
 
 
-def connect(url: str, *, timeout: float) -> redis.Redis[bytes]:
-    """A Redis client for a broker URL whose connects and commands each give up after ``timeout``.
+def connect(url: str, *, timeout: float, max_connections: int = 2) -> redis.Redis[bytes]:
+    """A Redis client for a broker URL whose connects and commands each give up after ``timeout``,
+    over a pool of at most ``max_connections`` (a caller that finds them all busy waits up to
+    ``timeout`` for one, then gets a connection error).
 
     The client does not connect until it is first used. It is a plain client: kombu's
     ``global_keyprefix`` is applied by :func:`celery_operator.queues.queue_keys`, not here.
@@ -45,12 +47,15 @@ def connect(url: str, *, timeout: float) -> redis.Redis[bytes]:
         raise ValueError(
             f"broker URL scheme {scheme!r} is not supported: use redis:// or rediss://"
         )
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), RECONNECT_ATTEMPTS),
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def read_backlog(

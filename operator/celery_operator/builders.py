@@ -67,26 +67,40 @@ class Owner:
 
 
 def desired_children(
-    owner: Owner, spec: ClusterSpec, replicas: Mapping[str, int] | None = None
+    owner: Owner,
+    spec: ClusterSpec,
+    replicas: Mapping[str, int] | None = None,
+    secret_digests: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object the cluster should have: a Deployment per pool, and beat when enabled.
 
     ``replicas`` overrides the spec's count per pool name: the autoscaler's, for the pools it
-    scales.
+    scales. ``secret_digests`` (by component: ``worker`` for workers and beat, ``flower``) go
+    on the pod templates, so that a rotated Secret value rolls the pods that read it.
     """
     chosen = replicas or {}
+    digests = secret_digests or {}
+    worker_digest = digests.get(naming.WORKER)
     children = [
-        worker_deployment(owner, spec, pool, chosen.get(pool.name)) for pool in spec.workers
+        worker_deployment(owner, spec, pool, chosen.get(pool.name), worker_digest)
+        for pool in spec.workers
     ]
     if spec.beat.enabled:
-        children.append(beat_statefulset(owner, spec))
+        children.append(beat_statefulset(owner, spec, worker_digest))
     if spec.flower.enabled:
-        children += [flower_deployment(owner, spec), flower_service(owner, spec)]
+        children += [
+            flower_deployment(owner, spec, digests.get(naming.FLOWER)),
+            flower_service(owner, spec),
+        ]
     return children
 
 
 def worker_deployment(
-    owner: Owner, spec: ClusterSpec, pool: WorkerPool, replicas: int | None = None
+    owner: Owner,
+    spec: ClusterSpec,
+    pool: WorkerPool,
+    replicas: int | None = None,
+    secret_digest: str | None = None,
 ) -> dict[str, Any]:
     """The Deployment running ``celery worker`` for ``pool``, with ``replicas`` (else the
     spec's).
@@ -129,6 +143,7 @@ def worker_deployment(
         container=container,
         grace=pool.termination_grace_period_seconds,
         extra_volumes=_probe_volumes(probes),
+        secret_digest=secret_digest,
     )
     deployment = {
         "apiVersion": "apps/v1",
@@ -147,7 +162,9 @@ def worker_deployment(
     return _stamped(deployment)
 
 
-def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
+def beat_statefulset(
+    owner: Owner, spec: ClusterSpec, secret_digest: str | None = None
+) -> dict[str, Any]:
     """The StatefulSet running the one ``celery beat``.
 
     Two beats would send every scheduled task twice, so beat must run at most once, always.
@@ -182,6 +199,7 @@ def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
         container=container,
         grace=beat.termination_grace_period_seconds,
         extra_volumes=[*_beat_volumes(beat), *_probe_volumes(probes)],
+        secret_digest=secret_digest,
     )
     statefulset: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -200,7 +218,9 @@ def beat_statefulset(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
     return _stamped(statefulset)
 
 
-def flower_deployment(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
+def flower_deployment(
+    owner: Owner, spec: ClusterSpec, secret_digest: str | None = None
+) -> dict[str, Any]:
     """Flower, the Celery web UI, behind the basic-auth login of the user's Secret.
 
     The credentials reach Flower as ``FLOWER_BASIC_AUTH`` (Flower reads ``FLOWER_*`` options
@@ -227,6 +247,7 @@ def flower_deployment(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:
         labels={**naming.cluster_labels(owner.name), **selector},
         container=container,
         grace=10,
+        secret_digest=secret_digest,
     )
     deployment = {
         "apiVersion": "apps/v1",
@@ -322,11 +343,15 @@ def _pod_template(
     container: dict[str, Any],
     grace: int,
     extra_volumes: Iterable[Mapping[str, Json]] = (),
+    secret_digest: str | None = None,
 ) -> dict[str, Any]:
+    annotations = dict(pod.annotations)
+    if secret_digest is not None:
+        annotations[naming.SECRET_DIGEST_ANNOTATION] = secret_digest
     return {
         "metadata": {
             "labels": {**pod.labels, **labels},  # ours win: the selector must match
-            "annotations": dict(pod.annotations),
+            "annotations": annotations,
         },
         "spec": {
             "containers": [container],

@@ -9,79 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 import prometheus_client
-import redis
-from celery import Celery
 
-from celery_operator import GROUP, PLURAL, VERSION, broker, health, naming, remote
-from celery_operator.autoscaler import Autoscaler, TaskCensus
-from celery_operator.eventstream import EventStreams
+from celery_operator import GROUP, PLURAL, VERSION, naming
+from celery_operator.autoscaler import Autoscaler
+from celery_operator.brokers import Broker, BrokerKey, Brokers
 from celery_operator.kube import Kube, load_api_client
 from celery_operator.loops import ClusterLoops
-from celery_operator.monitor import Census, HealthMonitor
-from celery_operator.queues import KeyScheme
+from celery_operator.monitor import HealthMonitor
 from celery_operator.reconciler import Reconciler, utcnow
 from celery_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
 
 CHILD_LABELS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
-
-
-class BrokerReader:
-    """Reads queues with one Redis client per broker URL, kept between reconciles."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._clients: dict[str, redis.Redis[bytes]] = {}
-
-    def backlog(self, url: str, queues: Sequence[str], scheme: KeyScheme) -> Mapping[str, int]:
-        return broker.read_backlog(self._client(url), queues, scheme)
-
-    def heads(
-        self, url: str, queues: Sequence[str], scheme: KeyScheme
-    ) -> Mapping[str, Sequence[str | None]]:
-        return broker.read_heads(self._client(url), queues, scheme)
-
-    def beat_tick(self, url: str, scheme: KeyScheme) -> float | None:
-        return broker.read_beat_tick(self._client(url), scheme)
-
-    def _client(self, url: str) -> redis.Redis[bytes]:
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = broker.connect(url, timeout=self.timeout)
-        return client
-
-
-def census(timeout: float) -> Census:
-    """Asks a cluster's workers with one control app per broker (and key scheme), kept between
-    cycles so that its connection pool is reused."""
-    apps: dict[tuple[str, KeyScheme], Celery] = {}
-
-    def ask(url: str, keys: KeyScheme, expected: int) -> dict[str, health.Reply]:
-        app = apps.get((url, keys))
-        if app is None:
-            app = apps[(url, keys)] = remote.control_app(url, keys, timeout=timeout)
-        return remote.census(app, expected=expected, timeout=timeout)
-
-    return ask
-
-
-def tasks_census(timeout: float) -> TaskCensus:
-    """Asks workers what they hold, with control apps of its own (it runs in its own thread)."""
-    apps: dict[tuple[str, KeyScheme], Celery] = {}
-
-    def ask(url: str, keys: KeyScheme, nodes: Sequence[str]) -> dict[str, tuple[int, int]]:
-        app = apps.get((url, keys))
-        if app is None:
-            app = apps[(url, keys)] = remote.control_app(url, keys, timeout=timeout)
-        return remote.tasks_in_hand(app, nodes, timeout=timeout)
-
-    return ask
 
 
 @kopf.on.startup()
@@ -91,55 +36,49 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
     kube = Kube(load_api_client(), timeout=config.api_timeout_seconds)
-    monitor = HealthMonitor(
-        census(config.census_timeout_seconds), interval=config.health_interval_seconds
-    )
-    # The autoscaler has a reader of its own: it polls from its own thread, every second.
-    autoscaler = Autoscaler(
-        kube,
-        BrokerReader(config.broker_timeout_seconds).backlog,
-        tasks_census(config.census_timeout_seconds),
-        clock=utcnow,
-    )
-    events = EventStreams()
-    reader = BrokerReader(config.broker_timeout_seconds)
+
+    def shared_broker(key: BrokerKey) -> Broker:
+        return Broker(
+            key,
+            timeout=config.broker_timeout_seconds,
+            census_timeout=config.census_timeout_seconds,
+        )
+
+    brokers = Brokers(shared_broker)
+    autoscaler = Autoscaler(kube, clock=utcnow, wake=lambda key: loops.nudge(key))  # noqa: PLW0108 (loops comes next)
     reconciler = Reconciler(
         kube,
-        reader.backlog,
-        monitor=monitor,
+        brokers,
+        monitor=HealthMonitor(interval=config.health_interval_seconds),
         autoscaler=autoscaler,
-        events=events,
-        read_heads=reader.heads,
-        read_beat_tick=reader.beat_tick,
     )
-    if config.metrics_port:
-        prometheus_client.start_http_server(config.metrics_port)
-    memo["kube"] = kube
-    memo["events"] = events
-    memo["loops"] = ClusterLoops(
+    loops = ClusterLoops(
         reconciler.reconcile,
         interval=config.reconcile_interval_seconds,
         debounce=config.event_debounce_seconds,
         poll=reconciler.autoscale,
     )
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port)
+    memo["kube"] = kube
+    memo["brokers"] = brokers
+    memo["loops"] = loops
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     loops: ClusterLoops = memo["loops"]
     await loops.stop()
-    events: EventStreams = memo["events"]
-    await asyncio.to_thread(events.stop)
+    brokers: Brokers = memo["brokers"]
+    await asyncio.to_thread(brokers.close)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def cluster_changed(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     assert namespace is not None  # CeleryCluster is namespaced
     loops: ClusterLoops = memo["loops"]
-    if type == "DELETED":
-        loops.forget((namespace, name))
-    else:
-        loops.poke((namespace, name), create=True)
+    # Deleted: wake its loop, whose reconcile finds it gone and releases what it held.
+    loops.poke((namespace, name), create=type != "DELETED")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
@@ -162,4 +101,5 @@ def reconcile_stats(memo: kopf.Memo, **_: Any) -> dict[str, int]:
         "failures": loops.stats.failures,
         "writes": loops.stats.writes,
         "polls": loops.stats.polls,
+        "brokers": len(memo["brokers"]),
     }

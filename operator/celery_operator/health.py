@@ -202,3 +202,53 @@ def restarts_allowed(
 
 def _seconds(delta: timedelta) -> str:
     return f"{int(delta.total_seconds())}s"
+
+
+# --- one cycle's findings (the monitor makes them; status reads them) ---------------------
+
+BROKER_UNREACHABLE: Final = "BrokerUnreachable"
+MASS_UNRESPONSIVE: Final = "MassUnresponsive"
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """A worker pod as the monitor needs it (the reconcile reads it from the API)."""
+
+    name: str
+    uid: str
+    pool: str
+    running: bool
+    """Its phase is Running: a Pending pod (unschedulable, pulling its image) is never judged."""
+    ready: bool
+    terminating: bool
+    age: timedelta
+
+
+@dataclass(frozen=True)
+class Restart:
+    pool: str
+    pod: str
+    uid: str
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    name: str
+    checked: int
+    answering: int
+    hung: tuple[Verdict, ...] = ()
+    held: tuple[Verdict, ...] = ()
+    """Hung workers left alone: Observe mode, or the restart budget is spent."""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One cycle's findings for one cluster: for status, Events and the restarts to make."""
+
+    at: datetime
+    pools: tuple[PoolHealth, ...] = ()
+    restarts: tuple[Restart, ...] = ()
+    guard: str | None = None
+    """Why nobody was judged this cycle (BROKER_UNREACHABLE, MASS_UNRESPONSIVE), or None."""
+    message: str = ""

@@ -121,13 +121,9 @@ class Kube:
             if not error.not_found:
                 raise
 
-    def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The Secret's data (still base64), or None when it does not exist."""
-        secret = self._get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{quote(name)}")
-        if secret is None:
-            return None
-        data: dict[str, str] = secret.get("data") or {}
-        return data
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret (its ``data`` still base64), or None when it does not exist."""
+        return self._get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{quote(name)}")
 
     # --- writes ----------------------------------------------------------------------------
 

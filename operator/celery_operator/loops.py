@@ -4,7 +4,11 @@ A loop reconciles at once when woken (the cluster or one of its children changed
 ``interval`` seconds otherwise. Waking a loop that is busy makes it run once more afterwards,
 never twice at the same time, so reconciles of one cluster never race each other. Between two
 reconciles it runs the autoscaler's polls (``poll``) when the last outcome asks for them
-(``Outcome.poll_in``): in the same loop, so a poll and a reconcile never race either.
+(``Outcome.poll_in``), or at once when nudged (the broker's poller saw the cluster's queues
+change): in the same loop, so a poll and a reconcile never race either.
+
+A loop ends when its reconcile finds the cluster gone: that reconcile releases what the operator
+held for it. A deleted cluster is therefore woken, never cancelled, so the release always runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ MAX_BACKOFF_SECONDS = 60.0
 @dataclass
 class _Loop:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to reconcile now (also sets ``signal``)."""
+    nudged: bool = False
+    """Set to poll now."""
+    signal: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by either: what the loop sleeps on."""
     task: asyncio.Task[None] | None = None
 
 
@@ -57,6 +66,7 @@ class ClusterLoops:
         self._interval = interval
         self._debounce = debounce
         self._loops: dict[ClusterKey, _Loop] = {}
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self.stats = Stats()
 
     def poke(self, key: ClusterKey, *, create: bool) -> None:
@@ -65,14 +75,22 @@ class ClusterLoops:
         if loop is None:
             if not create:
                 return
+            self._event_loop = asyncio.get_running_loop()
             loop = self._loops[key] = _Loop()
             loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key}")
         loop.wake.set()
+        loop.signal.set()
 
-    def forget(self, key: ClusterKey) -> None:
-        loop = self._loops.pop(key, None)
-        if loop is not None and loop.task is not None:
-            loop.task.cancel()
+    def nudge(self, key: ClusterKey) -> None:
+        """Have the loop of ``key`` poll now. Thread-safe: the broker's poller calls it."""
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._nudge, key)
+
+    def _nudge(self, key: ClusterKey) -> None:
+        loop = self._loops.get(key)
+        if loop is not None:
+            loop.nudged = True
+            loop.signal.set()
 
     def __contains__(self, key: ClusterKey) -> bool:
         return key in self._loops
@@ -90,6 +108,8 @@ class ClusterLoops:
         while True:
             await asyncio.sleep(self._debounce)
             loop.wake.clear()
+            loop.nudged = False
+            loop.signal.clear()
             delay = self._interval
             poll_in: float | None = None
             started = time.monotonic()
@@ -127,16 +147,20 @@ class ClusterLoops:
     async def _wait(
         self, namespace: str, name: str, loop: _Loop, delay: float, poll_in: float | None
     ) -> None:
-        """Until woken or ``delay`` has passed, running the autoscaler's polls as they come due."""
+        """Until woken or ``delay`` has passed, running the autoscaler's polls as they come due
+        or as the loop is nudged."""
         deadline = asyncio.get_running_loop().time() + delay
         while True:
             left = deadline - asyncio.get_running_loop().time()
             timeout = left if poll_in is None else min(left, poll_in)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(loop.wake.wait(), timeout=max(timeout, 0.0))
-            if loop.wake.is_set() or poll_in is None or timeout >= left:
+                await asyncio.wait_for(loop.signal.wait(), timeout=max(timeout, 0.0))
+            if loop.wake.is_set():
                 return
-            assert self._poll is not None
+            nudged, loop.nudged = loop.nudged, False
+            loop.signal.clear()
+            if self._poll is None or (not nudged and (poll_in is None or timeout >= left)):
+                return
             try:
                 polled = await asyncio.to_thread(self._poll, namespace, name)
             except Exception:

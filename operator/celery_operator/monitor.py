@@ -17,13 +17,21 @@ from typing import Final
 
 from celery_operator import health
 from celery_operator.builders import HEARTBEAT_LIMIT_SECONDS, LIVENESS_KILL_GRACE_SECONDS
-from celery_operator.queues import KeyScheme
+from celery_operator.health import (
+    BROKER_UNREACHABLE,
+    MASS_UNRESPONSIVE,
+    HealthReport,
+    PoolHealth,
+    Restart,
+    WorkerPod,
+)
 from celery_operator.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
-Census = Callable[[str, KeyScheme, int], Mapping[str, health.Reply]]
-"""(broker URL, key scheme, workers expected) -> replies by node name. Raises
+Census = Callable[[Sequence[str]], Mapping[str, health.Reply]]
+"""(node names to ask) -> the replies of those that answered, by node name: the cluster's
+shared broker (``brokers.Broker.census``), addressed to exactly these nodes. Raises
 ``remote.WorkersUnreachable`` when the broker cannot be reached."""
 
 ClusterKey = tuple[str, str]
@@ -32,53 +40,6 @@ RECOVERY: Final = timedelta(seconds=60)
 """After a guard lifts, missed cycles count for nobody this long: workers reconnect on Celery's
 own backoff (2, 4, 6... seconds), some later than others, and must not be judged Unresponsive
 for it."""
-
-BROKER_UNREACHABLE: Final = "BrokerUnreachable"
-MASS_UNRESPONSIVE: Final = "MassUnresponsive"
-
-
-@dataclass(frozen=True)
-class WorkerPod:
-    """A worker pod as the monitor needs it (the reconcile reads it from the API)."""
-
-    name: str
-    uid: str
-    pool: str
-    running: bool
-    """Its phase is Running: a Pending pod (unschedulable, pulling its image) is never judged."""
-    ready: bool
-    terminating: bool
-    age: timedelta
-
-
-@dataclass(frozen=True)
-class Restart:
-    pool: str
-    pod: str
-    uid: str
-    verdict: health.Verdict
-
-
-@dataclass(frozen=True)
-class PoolHealth:
-    name: str
-    checked: int
-    answering: int
-    hung: tuple[health.Verdict, ...] = ()
-    held: tuple[health.Verdict, ...] = ()
-    """Hung workers left alone: Observe mode, or the restart budget is spent."""
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """One cycle's findings for one cluster: for status, Events and the restarts to make."""
-
-    at: datetime
-    pools: tuple[PoolHealth, ...] = ()
-    restarts: tuple[Restart, ...] = ()
-    guard: str | None = None
-    """Why nobody was judged this cycle (BROKER_UNREACHABLE, MASS_UNRESPONSIVE), or None."""
-    message: str = ""
 
 
 @dataclass
@@ -97,8 +58,7 @@ class _ClusterMemory:
 class HealthMonitor:
     """Runs hung-worker cycles for every cluster, at most one per ``interval`` seconds each."""
 
-    def __init__(self, census: Census, interval: float) -> None:
-        self.census = census
+    def __init__(self, interval: float) -> None:
         self.interval = timedelta(seconds=interval)
         self._clusters: dict[ClusterKey, _ClusterMemory] = {}
 
@@ -117,13 +77,14 @@ class HealthMonitor:
         self,
         key: ClusterKey,
         spec: ClusterSpec,
-        broker_url: str,
+        census: Census,
         pods: Sequence[WorkerPod],
         backlog: Mapping[str, int] | None,
         recent_restarts: Mapping[str, Sequence[tuple[str, datetime]]],
         now: datetime,
     ) -> HealthReport:
-        """One cycle: ask every worker once, judge each, and pick the restarts within budget.
+        """One cycle: ask every worker once (``census``, addressed to ``<pool>@<pod>`` of each
+        running pod), judge each, and pick the restarts within budget.
 
         ``backlog`` is the messages waiting per pool (None when the broker could not be read:
         then nobody counts as stuck). ``recent_restarts`` are each pool's past restarts as
@@ -153,7 +114,7 @@ class HealthMonitor:
             return memory.last
 
         try:
-            replies = self.census(broker_url, spec.broker.keys, len(running))
+            replies = census([node_of(p) for p in running])
         except Exception as error:  # the broker is down: this says nothing about the workers
             memory.quiet_until = now + RECOVERY
             memory.last = HealthReport(
@@ -266,6 +227,11 @@ class HealthMonitor:
                     memory.reported.add((verdict.pod, verdict.kind))
                     fresh.append(verdict)
         return fresh
+
+
+def node_of(pod: WorkerPod) -> str:
+    """The Celery node name the operator gives a worker pod (``naming.node_name``)."""
+    return f"{pod.pool}@{pod.name}"
 
 
 KUBELET_RESTART_MARGIN_SECONDS: Final = 20

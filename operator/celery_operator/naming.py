@@ -18,6 +18,10 @@ SPEC_HASH_ANNOTATION: Final = f"{GROUP}/spec-hash"
 """Hash of the desired object last applied: a changed spec is applied even where the change is
 a removal, which a "desired is a subset of live" comparison alone cannot see."""
 
+SECRET_DIGEST_ANNOTATION: Final = f"{GROUP}/secret-digest"
+"""On pod templates: a keyed digest (never the value) of the Secret values the pods read as
+environment variables, which a running pod never sees change: a rotated value rolls them."""
+
 WORKER: Final = "worker"
 BEAT: Final = "beat"
 FLOWER: Final = "flower"

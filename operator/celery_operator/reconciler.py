@@ -1,47 +1,63 @@
-"""One reconcile of one CeleryCluster: observe, decide (pure modules), write what differs.
+"""One reconcile of one CeleryCluster: a short list of named steps over one pass's findings.
 
-The same function runs on create, update, resume, child changes and a timer (level-triggered):
+The same reconcile runs on create, update, resume, child changes and a timer (level-triggered):
 it never asks what happened, only what is and what should be. It writes nothing when the live
 children and status already match, and it never deletes a running child because the spec is
 wrong: a spec that cannot work leaves everything running and marks the cluster Degraded.
+
+    1. read the spec              spec.py: typed, or InvalidSpec naming the field
+    2. resolve the broker         the Secrets: the broker URL (checked) and their digests
+    3. attach the shared broker   brokers.py: one per broker; its polls and events for us
+    4. apply the children         builders.py + diff.py: write what differs from the live ones
+    5. read the broker            backlog, the oldest message of each queue, beat's last tick
+    6. check the workers          monitor.py: one hung-worker cycle when due; restarts it orders
+    7. write the status           status.py: status, Events on transitions, gauges
+
+A cluster that is gone (or being deleted) is *released*: everything the operator held for it
+(its place on a shared broker, the autoscaler's and the monitor's memory, its metric series)
+goes, in :meth:`Reconciler.release`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery_operator import GROUP, KIND, VERSION, builders, diff, health, metrics, naming, status
-from celery_operator.autoscaler import Autoscaler, Target
-from celery_operator.eventstream import EventStreams
-from celery_operator.kube import EventTarget, Kube, KubeError
-from celery_operator.monitor import (
-    BROKER_UNREACHABLE,
-    MASS_UNRESPONSIVE,
-    HealthMonitor,
-    HealthReport,
-    WorkerPod,
+from celery_operator import (
+    GROUP,
+    KIND,
+    VERSION,
+    brokerurl,
+    builders,
+    diff,
+    health,
+    metrics,
+    naming,
+    status,
 )
-from celery_operator.queues import KeyScheme, OldestMessages
+from celery_operator.autoscaler import Autoscaler, Target
+from celery_operator.brokers import BrokerKey, Brokers, ClusterKey, SharedBroker
+from celery_operator.eventstream import export_online
+from celery_operator.health import HealthReport, WorkerPod
+from celery_operator.kube import EventTarget, Kube, KubeError
+from celery_operator.monitor import HealthMonitor, node_of
+from celery_operator.queues import OldestMessages
 from celery_operator.spec import ClusterSpec, SpecError, parse_cluster
 
 log = logging.getLogger(__name__)
 
-BacklogReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, int]]
-"""Reads messages waiting per queue from the broker at a URL; raises when it cannot."""
-HeadReader = Callable[[str, Sequence[str], KeyScheme], Mapping[str, Sequence[str | None]]]
-"""Reads the delivery tag of the oldest message of each queue's lists; raises when it cannot."""
-BeatTickReader = Callable[[str, KeyScheme], float | None]
-"""Reads when beat last announced a tick (Unix time); raises when the broker cannot be read."""
-
 Clock = Callable[[], datetime]
+
+SUPPORTED_BROKERS = frozenset({"redis", "rediss"})
+"""Broker URL schemes the operator can read (queue lengths, remote control, events)."""
 
 
 def utcnow() -> datetime:
@@ -57,32 +73,79 @@ class Outcome:
     actions: tuple[diff.Action, ...] = ()
     phase: str = ""
     poll_in: float | None = None
-    """Seconds until the autoscaler's next poll of this cluster; None when nothing autoscales."""
+    """Seconds until the autoscaler's next poll of this cluster; None when nothing autoscales
+    (or every autoscaled pool idles at zero: then its broker wakes the loop)."""
+
+
+@dataclass
+class _Pass:
+    """What one reconcile has found so far: each step reads it and adds to it."""
+
+    key: ClusterKey
+    resource: Mapping[str, Any]
+    owner: builders.Owner
+    target: EventTarget
+    live: dict[tuple[str, str], dict[str, Any]]
+    problems: list[status.Problem] = field(default_factory=list)
+    spec: ClusterSpec | None = None
+    broker_url: str | None = field(default=None, repr=False)
+    secret_digests: dict[str, str] = field(default_factory=dict)
+    """Per component (``worker``, ``flower``): a keyed digest of the Secret values it reads."""
+    broker: SharedBroker | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    actions: list[diff.Action] = field(default_factory=list)
+    queue_backlog: Mapping[str, int] | None = None
+    broker_error: str | None = None
+    health: HealthReport | None = None
+
+    @property
+    def applicable(self) -> bool:
+        """Nothing stands in the way of carrying the spec out."""
+        return self.spec is not None and self.broker is not None and not self.problems
 
 
 class Reconciler:
-    """Reconciles CeleryClusters through a Kube adapter and a broker reader."""
+    """Reconciles CeleryClusters through the Kube adapter and the shared brokers."""
 
     def __init__(
         self,
         kube: Kube,
-        read_backlog: BacklogReader | None,
+        brokers: Brokers | None,
         clock: Clock = utcnow,
         monitor: HealthMonitor | None = None,
         autoscaler: Autoscaler | None = None,
-        events: EventStreams | None = None,
-        read_heads: HeadReader | None = None,
-        read_beat_tick: BeatTickReader | None = None,
     ) -> None:
         self.kube = kube
-        self.read_backlog = read_backlog
+        self.brokers = brokers
         self.clock = clock
         self.monitor = monitor
         self.autoscaler = autoscaler
-        self.events = events
-        self.read_heads = read_heads
-        self.read_beat_tick = read_beat_tick
-        self._oldest: dict[tuple[str, str], OldestMessages] = {}
+        self._oldest: dict[ClusterKey, OldestMessages] = {}
+
+    # --- entry points --------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        key = (namespace, name)
+        writes_before = self.kube.writes
+        resource = self.kube.get_cluster(namespace, name)
+        if resource is None or resource["metadata"].get("deletionTimestamp"):
+            self.release(key)
+            return Outcome(found=False)  # the garbage collector removes the children
+        run = self._begin(key, resource)
+        self._read_spec(run)
+        self._resolve_broker(run)
+        self._attach_broker(run)
+        self._apply_children(run)
+        self._read_broker(run)
+        self._check_workers(run)
+        phase = self._write_status(run)
+        return Outcome(
+            found=True,
+            writes=self.kube.writes - writes_before,
+            actions=tuple(run.actions),
+            phase=phase,
+            poll_in=self.autoscaler.next_poll(key) if self.autoscaler else None,
+        )
 
     def autoscale(self, namespace: str, name: str) -> Outcome:
         """One autoscaler poll of the cluster, between two reconciles."""
@@ -97,88 +160,212 @@ class Reconciler:
             poll_in=self.autoscaler.next_poll(key),
         )
 
-    def reconcile(self, namespace: str, name: str) -> Outcome:
-        writes_before = self.kube.writes
-        cluster = self.kube.get_cluster(namespace, name)
-        if cluster is None or cluster["metadata"].get("deletionTimestamp"):
-            if self.monitor is not None:
-                self.monitor.forget((namespace, name))
-            if self.autoscaler is not None:
-                self.autoscaler.forget((namespace, name))
-            if self.events is not None:
-                self.events.forget((namespace, name))
-            metrics.forget_cluster(namespace, name)
-            self._oldest.pop((namespace, name), None)
-            return Outcome(found=False)  # the garbage collector removes the children
-        meta = cluster["metadata"]
+    def release(self, key: ClusterKey) -> None:
+        """Let go of everything held for ``key``: its broker first (no thread of the broker
+        touches its metrics afterwards), then the memory, then every metric series."""
+        if self.brokers is not None:
+            self.brokers.detach(key)
+        if self.autoscaler is not None:
+            self.autoscaler.forget(key)
+        if self.monitor is not None:
+            self.monitor.forget(key)
+        self._oldest.pop(key, None)
+        metrics.forget_cluster(*key)
+
+    # --- the steps ---------------------------------------------------------------------------
+
+    def _begin(self, key: ClusterKey, resource: Mapping[str, Any]) -> _Pass:
+        namespace, name = key
         owner = builders.Owner(
             api_version=f"{GROUP}/{VERSION}",
             kind=KIND,
             name=name,
             namespace=namespace,
-            uid=meta["uid"],
+            uid=resource["metadata"]["uid"],
         )
         target = EventTarget(owner.api_version, KIND, name, namespace, owner.uid)
-        live = self._live_children(namespace, name)
+        return _Pass(key, resource, owner, target, self._live_children(namespace, name))
 
-        problems: list[status.Problem] = []
-        spec: ClusterSpec | None = None
+    def _read_spec(self, run: _Pass) -> None:
+        """1. The spec as typed objects, or the problem that names the field to fix."""
         try:
-            spec = parse_cluster(name, cluster.get("spec") or {})
+            run.spec = parse_cluster(run.key[1], run.resource.get("spec") or {})
         except SpecError as error:
-            problems.append(status.Problem(status.Reason.INVALID_SPEC, str(error)))
+            run.problems.append(status.Problem(status.Reason.INVALID_SPEC, str(error)))
 
-        broker_url: str | None = None
-        actions: list[diff.Action] = []
-        replicas: dict[str, int] = {}
-        if spec is not None:
-            broker_url, problem = self._broker_url(namespace, spec)
-            problems += [problem] if problem else []
-            problems += self._flower_secret(namespace, spec)
-            if self.autoscaler is not None:
-                pools = {
-                    pool.name: live.get(("Deployment", naming.worker_name(name, pool.name))) or {}
-                    for pool in spec.workers
-                }
-                replicas = self.autoscaler.replicas((namespace, name), spec, pools)
-            desired = builders.desired_children(owner, spec, replicas)
-            problems += self._name_conflicts(namespace, desired, live, owner.uid)
-            if not problems:
-                actions = diff.plan(desired, live.values(), owner.uid)
-                problems += self._execute(actions, namespace, live, target)
-                self._unstick_beat(namespace, name, live, target)
-
-        if self.autoscaler is not None:
-            # Poll only what a reconcile could apply; else hold (a spec being fixed, a Secret
-            # being restored) until one can.
-            tracked = None
-            if spec is not None and broker_url is not None and not problems:
-                tracked = Target(spec, broker_url, target)
-            self.autoscaler.track((namespace, name), tracked)
-        if self.events is not None and spec is not None and broker_url is not None:
-            self.events.watch((namespace, name), broker_url, spec)
-            self.events.export((namespace, name), tuple(p.name for p in spec.workers))
-        queue_backlog, broker_error = self._backlog(spec, broker_url)
-        if queue_backlog is not None and spec is not None and broker_url is not None:
-            self._export_broker_readings(namespace, name, spec, broker_url)
-        previous = cluster.get("status") or {}
-        report = None
-        if spec is not None and broker_url is not None and not problems:
-            report = self._health(
-                namespace, name, spec, broker_url, queue_backlog, previous, target
-            )
-        seen = self._observation(
-            name,
-            meta.get("generation", 0),
-            spec,
-            live,
-            problems,
-            queue_backlog,
-            broker_error,
-            replicas,
+    def _resolve_broker(self, run: _Pass) -> None:
+        """2. The broker URL from its Secret, checked, and the digests of the Secret values
+        each component reads (a changed value rolls the pods that read it)."""
+        spec = run.spec
+        if spec is None:
+            return
+        ref = spec.broker
+        found = self._secret_value(
+            run.key[0],
+            "spec.broker.urlSecretRef",
+            ref.secret_name,
+            ref.secret_key,
+            status.Reason.BROKER_SECRET_MISSING,
         )
-        scaling = self.autoscaler.report((namespace, name)) if self.autoscaler else ()
-        seen = dataclasses.replace(seen, health=report, scaling=scaling)
+        if isinstance(found, status.Problem):
+            run.problems.append(found)
+        else:
+            uid, url = found
+            problem = _check_broker_url(url, ref.secret_name, ref.secret_key)
+            if problem is not None:
+                run.problems.append(problem)
+            else:
+                run.broker_url = url
+                run.secret_digests[naming.WORKER] = _digest(uid, url)
+        if spec.flower.enabled:
+            login = self._secret_value(
+                run.key[0],
+                "spec.flower.basicAuthSecretRef",
+                spec.flower.secret_name,
+                spec.flower.secret_key,
+                status.Reason.FLOWER_SECRET_MISSING,
+            )
+            if isinstance(login, status.Problem):
+                run.problems.append(login)
+            elif naming.WORKER in run.secret_digests:
+                uid, auth = login
+                run.secret_digests[naming.FLOWER] = _digest(
+                    uid, run.secret_digests[naming.WORKER] + auth
+                )
+
+    def _attach_broker(self, run: _Pass) -> None:
+        """3. The cluster's place on its shared broker: the same object for every cluster on
+        that broker; attaching to another one detaches from the old."""
+        if self.brokers is None or run.spec is None or run.broker_url is None:
+            return
+        spec = run.spec
+        run.broker = self.brokers.attach(run.key, BrokerKey(run.broker_url, spec.broker.keys))
+        run.broker.subscribe_events(
+            run.key, {q: p.name for p in reversed(spec.workers) for q in p.queues}
+        )
+        export_online(run.key, (p.name for p in spec.workers), run.broker.workers_online(run.key))
+
+    def _apply_children(self, run: _Pass) -> None:
+        """4. Build the desired children and write those that differ from the live ones."""
+        spec = run.spec
+        if spec is None or run.problems:
+            self._track_autoscaling(run)
+            return
+        namespace, name = run.key
+        if self.autoscaler is not None:
+            pools = {
+                pool.name: run.live.get(("Deployment", naming.worker_name(name, pool.name))) or {}
+                for pool in spec.workers
+            }
+            run.replicas = self.autoscaler.replicas(run.key, spec, pools)
+        desired = builders.desired_children(run.owner, spec, run.replicas, run.secret_digests)
+        run.problems += self._name_conflicts(namespace, desired, run.live, run.owner.uid)
+        if not run.problems:
+            run.actions = diff.plan(desired, run.live.values(), run.owner.uid)
+            run.problems += self._execute(run.actions, namespace, run.live, run.target)
+            self._unstick_beat(namespace, name, run.live, run.target)
+        self._track_autoscaling(run)
+
+    def _track_autoscaling(self, run: _Pass) -> None:
+        """Poll only what a reconcile could apply; else hold (a spec being fixed, a Secret
+        being restored) until one can."""
+        if self.autoscaler is None:
+            return
+        tracked = None
+        if run.applicable and run.spec is not None and run.broker is not None:
+            tracked = Target(run.spec, run.broker, run.target)
+        self.autoscaler.track(run.key, tracked)
+
+    def _read_broker(self, run: _Pass) -> None:
+        """5. Messages waiting per queue (for status), the age of each queue's oldest message
+        and beat's last tick (gauges). A broker that cannot be read is reported, never fatal."""
+        spec, shared = run.spec, run.broker
+        if spec is None or shared is None:
+            return
+        queues = sorted({q for pool in spec.workers for q in pool.queues})
+        try:
+            run.queue_backlog = shared.read_backlog(queues)
+        except Exception as error:  # any broker failure: report it, never stop reconciling
+            run.broker_error = brokerurl.redact(f"{type(error).__name__}: {error}", run.broker_url)
+            return
+        try:
+            heads = shared.read_heads(queues)
+            oldest = self._oldest.setdefault(run.key, OldestMessages())
+            for queue, age in oldest.observe(heads, time.monotonic()).items():
+                metrics.QUEUE_OLDEST_AGE.labels(*run.key, queue).set(age)
+            if spec.beat.enabled:
+                tick = shared.read_beat_tick()
+                if tick is not None:
+                    metrics.BEAT_LAST_TICK.labels(*run.key).set(tick)
+        except Exception as error:  # the broker went away since the backlog read: next time
+            log.info(
+                "could not read the oldest messages or beat's tick of %s/%s: %s",
+                *run.key,
+                brokerurl.redact(str(error), run.broker_url),
+            )
+
+    def _check_workers(self, run: _Pass) -> None:
+        """6. A hung-worker cycle when one is due (else the last one stands), and the restarts
+        it orders: this step deletes pods."""
+        spec, shared = run.spec, run.broker
+        if self.monitor is None or spec is None or shared is None or not run.applicable:
+            return
+        key, now = run.key, self.clock()
+        if not self.monitor.due(key, now):
+            run.health = self.monitor.last(key)
+            return
+        namespace, name = key
+        selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
+        pods = [_worker_pod(p, now) for p in self.kube.list_pods(namespace, selector)]
+        shared.claim_nodes(key, [node_of(p) for p in pods])
+        backlog = None
+        if run.queue_backlog is not None:
+            backlog = {
+                pool.name: sum(run.queue_backlog.get(q, 0) for q in pool.queues)
+                for pool in spec.workers
+            }
+        previous = run.resource.get("status") or {}
+        report = self.monitor.cycle(
+            key, spec, shared.census, pods, backlog, status.restart_times(previous), now
+        )
+        for restart in report.restarts:
+            self._restart(run, restart, now)
+        for verdict in self.monitor.newly_held(key, report):
+            self.kube.emit_event(
+                run.target,
+                reason="HungWorkerLeftRunning",
+                message=f"pod {verdict.pod} is {verdict.kind} ({verdict.evidence}); not "
+                "restarted: hungWorkers.action is Observe, or the restart budget is spent",
+                warning=True,
+                now=now,
+            )
+        _export_health(namespace, name, report)
+        run.health = report
+
+    def _restart(self, run: _Pass, restart: health.Restart, now: datetime) -> None:
+        namespace, name = run.key
+        verdict = restart.verdict
+        try:
+            self.kube.delete_pod(namespace, restart.pod, restart.uid)
+        except KubeError as error:
+            log.warning("could not restart hung worker %s: %s", restart.pod, error.message)
+            return
+        log.warning("restarted hung worker %s/%s: %s", namespace, restart.pod, verdict)
+        metrics.WORKER_RESTARTS.labels(namespace, name, restart.pool, verdict.kind).inc()
+        self.kube.emit_event(
+            run.target,
+            reason="RestartedHungWorker",
+            message=f"deleted pod {restart.pod} ({restart.pool}): {verdict.kind}, "
+            f"{verdict.evidence}",
+            warning=True,
+            now=now,
+        )
+
+    def _write_status(self, run: _Pass) -> str:
+        """7. Status in one place: written only when it differs; an Event per transition."""
+        namespace, name = run.key
+        seen = self._observation(run)
+        previous = run.resource.get("status") or {}
         update = status.compute(seen, previous, self.clock())
         _export_cluster(namespace, name, seen)
         if _differs(update.status, previous):
@@ -186,100 +373,16 @@ class Reconciler:
             self.kube.patch_cluster_status(namespace, name, patch)
         for change in update.transitions:
             self.kube.emit_event(
-                target,
+                run.target,
                 reason=change.reason,
                 message=f"{change.type}={change.status}: {change.message}",
                 warning=change.warning,
                 now=self.clock(),
             )
-        return Outcome(
-            found=True,
-            writes=self.kube.writes - writes_before,
-            actions=tuple(actions),
-            phase=update.status["phase"],
-            poll_in=self.autoscaler.next_poll((namespace, name)) if self.autoscaler else None,
-        )
+        phase: str = update.status["phase"]
+        return phase
 
-    def _export_broker_readings(
-        self, namespace: str, name: str, spec: ClusterSpec, broker_url: str
-    ) -> None:
-        """The age of each queue's oldest message (see queues.OldestMessages) and beat's last
-        tick, as gauges; what cannot be read now is read at the next reconcile."""
-        if self.read_heads is None:
-            return
-        queues = sorted({q for pool in spec.workers for q in pool.queues})
-        try:
-            heads = self.read_heads(broker_url, queues, spec.broker.keys)
-        except Exception as error:  # the broker went away since the backlog read: next time
-            log.info("could not read the oldest messages of %s/%s: %s", namespace, name, error)
-            return
-        oldest = self._oldest.setdefault((namespace, name), OldestMessages())
-        for queue, age in oldest.observe(heads, time.monotonic()).items():
-            metrics.QUEUE_OLDEST_AGE.labels(namespace, name, queue).set(age)
-        if self.read_beat_tick is not None and spec.beat.enabled:
-            try:
-                tick = self.read_beat_tick(broker_url, spec.broker.keys)
-            except Exception as error:  # as above: next time
-                log.info("could not read beat's last tick of %s/%s: %s", namespace, name, error)
-                return
-            if tick is not None:
-                metrics.BEAT_LAST_TICK.labels(namespace, name).set(tick)
-
-    def _health(
-        self,
-        namespace: str,
-        name: str,
-        spec: ClusterSpec,
-        broker_url: str,
-        queue_backlog: Mapping[str, int] | None,
-        previous: Mapping[str, Any],
-        target: EventTarget,
-    ) -> HealthReport | None:
-        """A hung-worker cycle when one is due (else the last one), and its restarts."""
-        if self.monitor is None:
-            return None
-        key, now = (namespace, name), self.clock()
-        if not self.monitor.due(key, now):
-            return self.monitor.last(key)
-        selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
-        pods = [_worker_pod(p, now) for p in self.kube.list_pods(namespace, selector)]
-        backlog = None
-        if queue_backlog is not None:
-            backlog = {
-                pool.name: sum(queue_backlog.get(q, 0) for q in pool.queues)
-                for pool in spec.workers
-            }
-        report = self.monitor.cycle(
-            key, spec, broker_url, pods, backlog, status.restart_times(previous), now
-        )
-        for restart in report.restarts:
-            verdict = restart.verdict
-            try:
-                self.kube.delete_pod(namespace, restart.pod, restart.uid)
-            except KubeError as error:
-                log.warning("could not restart hung worker %s: %s", restart.pod, error.message)
-                continue
-            log.warning("restarted hung worker %s/%s: %s", namespace, restart.pod, verdict)
-            metrics.WORKER_RESTARTS.labels(namespace, name, restart.pool, verdict.kind).inc()
-            self.kube.emit_event(
-                target,
-                reason="RestartedHungWorker",
-                message=f"deleted pod {restart.pod} ({restart.pool}): {verdict.kind}, "
-                f"{verdict.evidence}",
-                warning=True,
-                now=now,
-            )
-        for verdict in self.monitor.newly_held(key, report):
-            self.kube.emit_event(
-                target,
-                reason="HungWorkerLeftRunning",
-                message=f"pod {verdict.pod} is {verdict.kind} ({verdict.evidence}); not "
-                "restarted: hungWorkers.action is Observe, or the restart budget is spent",
-                warning=True,
-                now=now,
-            )
-        _export(namespace, name, report)
-        return report
+    # --- helpers of the steps ----------------------------------------------------------------
 
     def _live_children(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
         labels = naming.cluster_labels(name)
@@ -289,58 +392,30 @@ class Reconciler:
                 live[(kind, obj["metadata"]["name"])] = obj
         return live
 
-    def _broker_url(
-        self, namespace: str, spec: ClusterSpec
-    ) -> tuple[str | None, status.Problem | None]:
-        ref = spec.broker
-        raw, problem = self._secret_value(
-            namespace,
-            "spec.broker.urlSecretRef",
-            ref.secret_name,
-            ref.secret_key,
-            status.Reason.BROKER_SECRET_MISSING,
-        )
-        if raw is None:
-            return None, problem
-        try:
-            return base64.b64decode(raw).decode().strip(), None
-        except (binascii.Error, UnicodeDecodeError):
-            return None, status.Problem(
-                status.Reason.BROKER_SECRET_MISSING,
-                f"spec.broker.urlSecretRef.key: Secret {ref.secret_name!r} key "
-                f"{ref.secret_key!r} is not valid base64-encoded text",
-            )
-
-    def _flower_secret(self, namespace: str, spec: ClusterSpec) -> list[status.Problem]:
-        """Flower's login must exist before Flower starts: it is never served without one."""
-        flower = spec.flower
-        if not flower.enabled:
-            return []
-        _, problem = self._secret_value(
-            namespace,
-            "spec.flower.basicAuthSecretRef",
-            flower.secret_name,
-            flower.secret_key,
-            status.Reason.FLOWER_SECRET_MISSING,
-        )
-        return [problem] if problem else []
-
     def _secret_value(
         self, namespace: str, field: str, name: str, key: str, reason: str
-    ) -> tuple[str | None, status.Problem | None]:
-        """A Secret key's value (still base64), or the problem that names ``field`` to fix."""
-        data = self.kube.get_secret_data(namespace, name)
-        if data is None:
-            return None, status.Problem(
+    ) -> tuple[str, str] | status.Problem:
+        """(the Secret's uid, the key's decoded value), or the problem that names ``field``."""
+        secret = self.kube.get_secret(namespace, name)
+        if secret is None:
+            return status.Problem(
                 reason, f"{field}.name: Secret {name!r} not found in namespace {namespace!r}"
             )
+        data: Mapping[str, str] = secret.get("data") or {}
         if key not in data:
-            return None, status.Problem(
+            return status.Problem(
                 reason,
                 f"{field}.key: Secret {name!r} has no key {key!r} "
                 f"(it has: {', '.join(sorted(data)) or 'none'})",
             )
-        return data[key], None
+        try:
+            value = base64.b64decode(data[key]).decode().strip()
+        except (binascii.Error, UnicodeDecodeError):
+            return status.Problem(
+                reason,
+                f"{field}.key: Secret {name!r} key {key!r} is not valid base64-encoded text",
+            )
+        return str(secret.get("metadata", {}).get("uid", "")), value
 
     def _name_conflicts(
         self,
@@ -435,28 +510,8 @@ class Reconciler:
             target, reason=reason, message=message, warning=False, now=self.clock()
         )
 
-    def _backlog(
-        self, spec: ClusterSpec | None, url: str | None
-    ) -> tuple[Mapping[str, int] | None, str | None]:
-        if spec is None or url is None or self.read_backlog is None:
-            return None, None
-        queues = sorted({q for pool in spec.workers for q in pool.queues})
-        try:
-            return self.read_backlog(url, queues, spec.broker.keys), None
-        except Exception as error:  # any broker failure: report it, never stop reconciling
-            return None, f"{type(error).__name__}: {error}"
-
-    def _observation(
-        self,
-        name: str,
-        generation: int,
-        spec: ClusterSpec | None,
-        live: Mapping[tuple[str, str], Mapping[str, Any]],
-        problems: Sequence[status.Problem],
-        queue_backlog: Mapping[str, int] | None,
-        broker_error: str | None,
-        replicas: Mapping[str, int],
-    ) -> status.Observation:
+    def _observation(self, run: _Pass) -> status.Observation:
+        spec, live, name = run.spec, run.live, run.key[1]
         if spec is None:
             # The spec cannot be read: report what runs, by the labels on the live children.
             pools = tuple(
@@ -478,10 +533,10 @@ class Reconciler:
                 status.observe_pool(
                     pool.name,
                     pool.queues,
-                    replicas.get(pool.name, pool.replicas),
+                    run.replicas.get(pool.name, pool.replicas),
                     live.get(("Deployment", naming.worker_name(name, pool.name))),
-                    queue_backlog,
-                    required=pool.autoscaling.min_replicas if pool.name in replicas else None,
+                    run.queue_backlog,
+                    required=pool.autoscaling.min_replicas if pool.name in run.replicas else None,
                 )
                 for pool in spec.workers
             )
@@ -493,17 +548,42 @@ class Reconciler:
             deployment = live.get(("Deployment", naming.flower_name(name))) or {}
             ready = (deployment.get("status") or {}).get("readyReplicas", 0) >= 1
             flower = "Ready" if ready else "NotReady"
+        scaling = self.autoscaler.report(run.key) if self.autoscaler else ()
         return status.Observation(
-            generation=generation,
+            generation=run.resource["metadata"].get("generation", 0),
             pools=pools,
             beat_enabled=beat_enabled,
             beat_ready=beat_ready,
             beat_rolled_out=beat_rolled_out,
-            problems=tuple(problems),
-            queue_backlog=queue_backlog,
-            broker_error=broker_error,
+            problems=tuple(run.problems),
+            queue_backlog=run.queue_backlog,
+            broker_error=run.broker_error,
             flower=flower,
+            health=run.health,
+            scaling=scaling,
         )
+
+
+def _check_broker_url(url: str, secret: str, key: str) -> status.Problem | None:
+    """The problem with a broker URL, naming the field and never echoing the URL."""
+    where = f"spec.broker.urlSecretRef: Secret {secret!r} key {key!r}"
+    try:
+        address = brokerurl.parse(url)
+    except brokerurl.BrokerUrlError as error:
+        return status.Problem(status.Reason.BROKER_URL_INVALID, f"{where}: {error}")
+    if address.scheme not in SUPPORTED_BROKERS:
+        return status.Problem(
+            status.Reason.BROKER_URL_INVALID,
+            f"{where}: broker URL scheme {address.scheme!r} is not supported by the operator "
+            f"(supported: {', '.join(sorted(SUPPORTED_BROKERS))})",
+        )
+    return None
+
+
+def _digest(secret_uid: str, value: str) -> str:
+    """A digest of a Secret value for a pod template: keyed by the Secret's uid, so that
+    someone who can read Deployments but not Secrets cannot test guesses of the value."""
+    return hmac.new(secret_uid.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _worker_pod(pod: Mapping[str, Any], now: datetime) -> WorkerPod:
@@ -542,8 +622,8 @@ def _export_cluster(namespace: str, name: str, seen: status.Observation) -> None
         metrics.BROKER_REACHABLE.labels(namespace, name).set(reachable)
 
 
-def _export(namespace: str, name: str, report: HealthReport) -> None:
-    for reason in (BROKER_UNREACHABLE, MASS_UNRESPONSIVE):
+def _export_health(namespace: str, name: str, report: HealthReport) -> None:
+    for reason in (health.BROKER_UNREACHABLE, health.MASS_UNRESPONSIVE):
         metrics.MONITOR_GUARD.labels(namespace, name, reason).set(report.guard == reason)
     for pool in report.pools:
         metrics.WORKERS_ANSWERING.labels(namespace, name, pool.name).set(pool.answering)

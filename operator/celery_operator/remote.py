@@ -1,17 +1,19 @@
 """The one adapter through which the operator asks Celery workers how they are (remote control).
 
 One monitoring cycle is one broadcast each of ``ping``, ``stats`` and ``active``: three messages
-published to the pidbox fanout, each delivered once to each worker, each answered once. The cost
-grows with the number of workers, not with its square (as it would if every worker were probed
-on its own). With ``limit`` set to the number of workers expected, a cycle in which everybody
-answers returns as soon as the last reply is in, instead of waiting out the timeout.
+published to the pidbox fanout, each delivered once to each worker on the broker, each answered
+only by the workers it is addressed to (``destination``). The cost grows with the number of
+workers, not with its square (as it would if every worker were probed on its own). With
+``limit`` set to the number of workers addressed, a cycle in which everybody answers returns as
+soon as the last reply is in, instead of waiting out the timeout.
 
 The calls block (kombu I/O): callers run them in a thread, never on Kopf's event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from celery import Celery
@@ -52,40 +54,36 @@ def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
     return app
 
 
-def census(app: Celery, *, expected: int, timeout: float) -> dict[str, Reply]:
-    """Every answering worker's reply, by node name. Raises WorkersUnreachable without a broker.
+def census(
+    app: Celery, nodes: Sequence[str], *, timeout: float, connection: Any = None
+) -> dict[str, Reply]:
+    """The reply of each of ``nodes`` that answered, by node name. Raises WorkersUnreachable
+    without a broker.
 
-    A worker counts as answering when it replied to ping; ``stats`` and ``active`` then go to the
-    workers that did, and ``processed`` and ``slots`` are None when its ``stats`` reply was late.
+    Every broadcast is addressed to ``nodes`` with ``limit`` = their count: workers of other
+    clusters, pools that are not watched, and workers outside Kubernetes on the same broker
+    receive it but do not answer, so they can neither fill the limit nor cost us their replies.
+    A worker counts as answering when it replied to ping; ``stats`` and ``active`` then go to
+    the workers that did, and ``processed`` and ``slots`` are None when its ``stats`` reply was
+    late.
     """
+    if not nodes:
+        return {}
     try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
-            control = app.control
-            pings = (
-                control.inspect(
-                    timeout=timeout, limit=max(1, expected), connection=connection
-                ).ping()
-                or {}
-            )
+        with _connected(app, connection, timeout) as conn:
+            pings = _ask(app, conn, nodes, timeout, "ping")
             # Only the workers that answered ping are waited for next: a silent worker costs
             # one timeout per cycle, not three.
-            nodes = sorted(pings)
-            stats: dict[str, Any] = {}
-            active: dict[str, Any] = {}
-            if nodes:
-                ask = control.inspect(
-                    timeout=timeout, limit=len(nodes), destination=nodes, connection=connection
-                )
-                stats = ask.stats() or {}
-                active = ask.active() or {}
+            answered = sorted(node for node in pings if node in set(nodes))
+            stats = _ask(app, conn, answered, timeout, "stats")
+            active = _ask(app, conn, answered, timeout, "active")
     except BROKER_ERRORS + _connection_errors(app) as error:
         raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
-    return {node: _reply(stats.get(node), active.get(node)) for node in pings}
+    return {node: _reply(stats.get(node), active.get(node)) for node in answered}
 
 
 def tasks_in_hand(
-    app: Celery, nodes: Sequence[str], *, timeout: float
+    app: Celery, nodes: Sequence[str], *, timeout: float, connection: Any = None
 ) -> dict[str, tuple[int, int]]:
     """(running, prefetched) task counts of each of ``nodes`` that answered ``active`` and
     ``reserved``; a node missing from the result did not answer one of them in time.
@@ -96,13 +94,9 @@ def tasks_in_hand(
     if not nodes:
         return {}
     try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
-            ask = app.control.inspect(
-                timeout=timeout, limit=len(nodes), destination=list(nodes), connection=connection
-            )
-            active = ask.active() or {}
-            reserved = ask.reserved() or {}
+        with _connected(app, connection, timeout) as conn:
+            active = _ask(app, conn, nodes, timeout, "active")
+            reserved = _ask(app, conn, nodes, timeout, "reserved")
     except BROKER_ERRORS + _connection_errors(app) as error:
         raise WorkersUnreachable(f"cannot reach the broker: {error}") from error
     return {
@@ -110,6 +104,39 @@ def tasks_in_hand(
         for node in nodes
         if node in active and node in reserved
     }
+
+
+@contextlib.contextmanager
+def _connected(app: Celery, connection: Any, timeout: float) -> Iterator[Any]:
+    """``connection`` (a caller's long-lived one, left open), or a new one closed after use."""
+    if connection is not None:
+        connection.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
+        yield connection
+        return
+    with app.connection_for_write() as fresh:
+        fresh.ensure_connection(max_retries=CONNECT_ATTEMPTS, timeout=timeout)
+        yield fresh
+
+
+def _ask(
+    app: Celery, connection: Any, nodes: Sequence[str], timeout: float, method: str
+) -> dict[str, Any]:
+    """One inspect broadcast addressed to ``nodes``: their replies by node name.
+
+    Replies that arrive after the limit or the timeout carry an old ticket: kombu keeps each in
+    ``Mailbox.unclaimed`` for a ticket that is never asked for again, so they are dropped here
+    after every call instead of piling up for the life of the process.
+    """
+    if not nodes:
+        return {}
+    inspect = app.control.inspect(
+        timeout=timeout, limit=len(nodes), destination=list(nodes), connection=connection
+    )
+    try:
+        replies: dict[str, Any] = getattr(inspect, method)() or {}
+    finally:
+        app.control.mailbox.unclaimed.clear()
+    return replies
 
 
 def _connection_errors(app: Celery) -> tuple[type[BaseException], ...]:

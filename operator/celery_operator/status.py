@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from celery_operator import monitor, scaling
+from celery_operator import health, scaling
 
 AVAILABLE: Final = "Available"
 PROGRESSING: Final = "Progressing"
@@ -46,6 +46,7 @@ class Reason:
     RECONCILED: Final = "Reconciled"
     INVALID_SPEC: Final = "InvalidSpec"
     BROKER_SECRET_MISSING: Final = "BrokerSecretMissing"
+    BROKER_URL_INVALID: Final = "BrokerUrlInvalid"
     FLOWER_SECRET_MISSING: Final = "FlowerSecretMissing"
     NAME_CONFLICT: Final = "NameConflict"
     APPLY_FAILED: Final = "ApplyFailed"
@@ -57,8 +58,8 @@ class Reason:
     ALL_ANSWERING: Final = "AllAnswering"
     HUNG_WORKERS: Final = "HungWorkers"
     NOT_CHECKED: Final = "NotChecked"
-    WORKERS_UNREACHABLE: Final = monitor.BROKER_UNREACHABLE
-    MASS_UNRESPONSIVE: Final = monitor.MASS_UNRESPONSIVE
+    WORKERS_UNREACHABLE: Final = health.BROKER_UNREACHABLE
+    MASS_UNRESPONSIVE: Final = health.MASS_UNRESPONSIVE
     VALID_METRICS: Final = "ValidMetrics"
     NOT_POLLED: Final = "NotPolledYet"
     SCALING_BROKER_UNREADABLE: Final = scaling.Reason.BROKER_UNREADABLE
@@ -108,7 +109,7 @@ class Observation:
     """Messages waiting per queue, every priority list counted; None when not read."""
     broker_error: str | None = None
     """Why the broker could not be read; None when it was read or not tried."""
-    health: monitor.HealthReport | None = None
+    health: health.HealthReport | None = None
     """The last hung-worker cycle; None when none ran (no monitor, or the spec is invalid)."""
     scaling: tuple[scaling.PoolReport, ...] = ()
     """The autoscaled pools, as the autoscaler last saw and decided them."""
@@ -305,7 +306,7 @@ def _scaling_status(report: scaling.PoolReport) -> dict[str, Any]:
 
 def _pool_status(
     p: PoolObservation,
-    report: monitor.HealthReport | None,
+    report: health.HealthReport | None,
     previous: Mapping[str, Any],
     scaled: scaling.PoolReport | None = None,
 ) -> dict[str, Any]:
@@ -370,15 +371,15 @@ def restart_times(previous: Mapping[str, Any]) -> dict[str, list[tuple[str, date
 
 
 def _health_condition(
-    report: monitor.HealthReport | None, last: Mapping[str, Any] | None
+    report: health.HealthReport | None, last: Mapping[str, Any] | None
 ) -> tuple[str, str, str]:
     if report is None:
         if last is not None:
             return str(last["status"]), str(last["reason"]), str(last.get("message", ""))
         return "Unknown", Reason.NOT_CHECKED, "the workers have not been asked yet"
-    if report.guard == monitor.BROKER_UNREACHABLE:
+    if report.guard == health.BROKER_UNREACHABLE:
         return "Unknown", Reason.WORKERS_UNREACHABLE, report.message
-    if report.guard == monitor.MASS_UNRESPONSIVE:
+    if report.guard == health.MASS_UNRESPONSIVE:
         return "False", Reason.MASS_UNRESPONSIVE, report.message
     restarted = {r.pod for r in report.restarts}
     hung = [v for pool in report.pools for v in pool.hung]

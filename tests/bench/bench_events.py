@@ -28,7 +28,7 @@ from typing import Any, Final
 from celery import Celery
 from celery.events.state import State
 
-from celery_operator.eventstream import EventStream
+from celery_operator.eventstream import BrokerEvents
 from celery_operator.queues import KeyScheme
 from celery_operator.remote import control_app
 from tests.integration.procs import RedisServer
@@ -66,7 +66,9 @@ def consume(kind: str, url: str, expected: int) -> None:
 
     app = control_app(url, KeyScheme(), timeout=2.0)
     if kind == "ours":
-        stream = EventStream(("bench", "events"), app, {"celery": "default"})
+        stream = BrokerEvents(app, "bench")
+        key = ("bench", "events")
+        stream.claim(key, [f"default@bench-pod-{i}" for i in range(WORKERS)] + ["default@probe"])
         fold = stream._handle
 
         def handle(event: Mapping[str, Any]) -> None:
@@ -74,7 +76,7 @@ def consume(kind: str, url: str, expected: int) -> None:
             after(event)
 
         stream._handle = handle  # type: ignore[method-assign]
-        stream.start()
+        stream.subscribe(key, {"celery": "default"})
         stop: Callable[[], None] = stream.stop
     else:
         state = State()

@@ -35,11 +35,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from celery import Celery
-
 from celery_operator import remote
-from celery_operator.health import Reply
-from celery_operator.monitor import HealthMonitor, HealthReport, WorkerPod
+from celery_operator.health import HealthReport, Reply, WorkerPod
+from celery_operator.monitor import HealthMonitor
 from celery_operator.queues import KeyScheme
 from celery_operator.spec import ClusterSpec, parse_cluster
 from tests.bench.bench_probes import PIDBOX_CHANNEL, BrokerMonitor, combine, measure
@@ -172,24 +170,20 @@ def worker_pods(workers: int) -> list[WorkerPod]:
 class TimedCensus:
     """The operator's census (one control app per broker, kept between cycles), timed."""
 
-    def __init__(self) -> None:
-        self.apps: dict[tuple[str, KeyScheme], Celery] = {}
+    def __init__(self, url: str) -> None:
+        self.app = remote.control_app(url, KeyScheme(), timeout=CENSUS_TIMEOUT)
         self.seconds: list[float] = []
         self.replies: list[int] = []
 
-    def __call__(self, url: str, keys: KeyScheme, expected: int) -> dict[str, Reply]:
-        app = self.apps.get((url, keys))
-        if app is None:
-            app = self.apps[(url, keys)] = remote.control_app(url, keys, timeout=CENSUS_TIMEOUT)
+    def __call__(self, nodes: Sequence[str]) -> dict[str, Reply]:
         started = time.perf_counter()
-        replies = remote.census(app, expected=expected, timeout=CENSUS_TIMEOUT)
+        replies = remote.census(self.app, nodes, timeout=CENSUS_TIMEOUT)
         self.seconds.append(time.perf_counter() - started)
         self.replies.append(len(replies))
         return replies
 
     def close(self) -> None:
-        for app in self.apps.values():
-            app.close()
+        self.app.close()
 
 
 @contextmanager
@@ -218,7 +212,7 @@ def _workers(
         def all_answer() -> bool:
             for worker in started:
                 worker.assert_running()
-            return nodes <= set(remote.census(app, expected=workers, timeout=CENSUS_TIMEOUT))
+            return nodes <= set(remote.census(app, sorted(nodes), timeout=CENSUS_TIMEOUT))
 
         try:
             wait_for(
@@ -257,15 +251,15 @@ def _measure_size(
         overhead = measure(broker, lambda: None)[1].commands  # our INFO, CLIENT LIST, ECHOs
         progress(f"{workers} workers: starting")
         procs = stack.enter_context(_workers(server, workers, workdir, progress))
-        census = TimedCensus()
+        census = TimedCensus(server.url)
         stack.callback(census.close)
-        monitor = HealthMonitor(census, interval=INTERVAL)
+        monitor = HealthMonitor(interval=INTERVAL)
         spec = cluster_spec(workers)
         pods = worker_pods(workers)
         restarted: list[str] = []
 
         def cycle() -> HealthReport:
-            report = monitor.cycle(KEY, spec, server.url, pods, {POOL: 0}, {}, _now())
+            report = monitor.cycle(KEY, spec, census, pods, {POOL: 0}, {}, _now())
             restarted.extend(r.pod for r in report.restarts)
             return report
 

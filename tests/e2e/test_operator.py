@@ -22,7 +22,7 @@ from kubernetes import client, utils
 from kubernetes.config import kube_config
 
 from celery_operator import naming
-from celery_operator.handlers import BrokerReader
+from celery_operator.brokers import Broker, Brokers
 from celery_operator.kube import Kube
 from celery_operator.reconciler import Reconciler
 from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy, _run_operator
@@ -72,9 +72,13 @@ def test_second_reconcile_of_an_unchanged_cluster_writes_nothing(
     clusters.wait_phase("demo", "Available")
     before = {n: d["metadata"]["resourceVersion"] for n, d in clusters.deployments().items()}
     cluster_version = clusters.get("demo")["metadata"]["resourceVersion"]
-    reconciler = Reconciler(Kube(api_client), BrokerReader(2.0).backlog)
-    first = reconciler.reconcile(clusters.namespace, "demo")
-    second = reconciler.reconcile(clusters.namespace, "demo")
+    brokers = Brokers(lambda key: Broker(key, timeout=2.0, census_timeout=2.0))
+    reconciler = Reconciler(Kube(api_client), brokers)
+    try:
+        first = reconciler.reconcile(clusters.namespace, "demo")
+        second = reconciler.reconcile(clusters.namespace, "demo")
+    finally:
+        brokers.close()
     assert (first.writes, second.writes) == (0, 0), (first, second)
     after = {n: d["metadata"]["resourceVersion"] for n, d in clusters.deployments().items()}
     assert after == before

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery_operator.health import Kind, Reply
-from celery_operator.monitor import (
+from celery_operator.health import (
     BROKER_UNREACHABLE,
     MASS_UNRESPONSIVE,
-    HealthMonitor,
     HealthReport,
+    Kind,
+    Reply,
     WorkerPod,
-    kubelet_window,
 )
-from celery_operator.queues import KeyScheme
+from celery_operator.monitor import HealthMonitor, kubelet_window
 from celery_operator.remote import WorkersUnreachable
 from celery_operator.spec import parse_cluster
 from tests.unit.samples import minimal_spec, with_changes
@@ -30,13 +29,13 @@ class ScriptedCensus:
 
     def __init__(self) -> None:
         self.answer: Mapping[str, Reply] | Exception = {}
-        self.calls: list[int] = []
+        self.calls: list[list[str]] = []
 
-    def __call__(self, url: str, keys: KeyScheme, expected: int) -> dict[str, Reply]:
-        self.calls.append(expected)
+    def __call__(self, nodes: Sequence[str]) -> dict[str, Reply]:
+        self.calls.append(list(nodes))
         if isinstance(self.answer, Exception):
             raise self.answer
-        return {f"default@{pod}": reply for pod, reply in self.answer.items()}
+        return {f"default@{pod}": r for pod, r in self.answer.items() if f"default@{pod}" in nodes}
 
 
 def _pods(count: int, **changes: Any) -> list[WorkerPod]:
@@ -74,7 +73,7 @@ def _cycles(
             monitor.cycle(
                 KEY,
                 spec or _spec(),
-                "redis://broker",
+                census,
                 pods,
                 {"default": 0},
                 recent or {},
@@ -86,7 +85,7 @@ def _cycles(
 
 def test_a_silent_worker_is_restarted_after_three_cycles_and_others_are_not() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(4)
     everyone = {p.name: OK for p in pods}
     without_w2 = {k: v for k, v in everyone.items() if k != "w2"}
@@ -94,13 +93,14 @@ def test_a_silent_worker_is_restarted_after_three_cycles_and_others_are_not() ->
     assert [len(r.restarts) for r in reports] == [0, 0, 0, 1]
     [restart] = reports[-1].restarts
     assert (restart.pod, restart.verdict.kind) == ("w2", Kind.UNRESPONSIVE)
-    assert census.calls == [4, 4, 4, 4]  # one census per cycle, told how many to expect
+    # One census per cycle, addressed to every running pod's node name.
+    assert census.calls == [[f"default@w{i}" for i in range(4)]] * 4
     assert (reports[-1].pools[0].answering, reports[-1].pools[0].checked) == (3, 4)
 
 
 def test_broker_unreachable_judges_nobody_and_counts_no_misses() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(3)
     everyone = {p.name: OK for p in pods}
     down = WorkersUnreachable("connection refused")
@@ -113,7 +113,7 @@ def test_broker_unreachable_judges_nobody_and_counts_no_misses() -> None:
 
 def test_most_workers_silent_at_once_is_a_mass_failure_not_hung_workers() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(4)
     everyone = {p.name: OK for p in pods}
     one_left = {"w0": OK}
@@ -126,7 +126,7 @@ def test_most_workers_silent_at_once_is_a_mass_failure_not_hung_workers() -> Non
 
 def test_budget_limits_restarts_at_once_and_per_window() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(8)
     everyone = {p.name: OK for p in pods}
     # Three of eight fall silent one cycle apart (not at once: no mass failure).
@@ -149,7 +149,7 @@ def test_budget_limits_restarts_at_once_and_per_window() -> None:
 
 def test_observe_mode_reports_but_restarts_nothing() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(2)
     answers: list[Mapping[str, Reply] | Exception] = [{"w0": OK, "w1": OK}, *[{"w0": OK}] * 3]
     reports = _cycles(monitor, census, answers, pods, spec=_spec(action="Observe"))
@@ -159,21 +159,21 @@ def test_observe_mode_reports_but_restarts_nothing() -> None:
 
 def test_pending_and_terminating_pods_are_not_judged_and_off_asks_nobody() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = [*_pods(1), *_pods(1, running=False), *_pods(1, terminating=True)]
     pods = [WorkerPod(f"p{i}", p.uid, p.pool, p.running, p.ready, p.terminating, p.age)
             for i, p in enumerate(pods)]  # fmt: skip
     reports = _cycles(monitor, census, [{"p0": OK}] * 4, pods)
-    assert census.calls == [1, 1, 1, 1]
+    assert census.calls == [["default@p0"]] * 4  # only the running pod is asked
     assert not any(r.restarts for r in reports)
     census.calls.clear()
-    _cycles(HealthMonitor(census, interval=10), census, [{}], pods, spec=_spec(action="Off"))
+    _cycles(HealthMonitor(interval=10), census, [{}], pods, spec=_spec(action="Off"))
     assert census.calls == []
 
 
 def test_due_once_per_interval() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     assert monitor.due(KEY, T0)
     _cycles(monitor, census, [{"w0": OK}], _pods(1))
     assert not monitor.due(KEY, T0 + timedelta(seconds=9))
@@ -184,7 +184,7 @@ def test_due_once_per_interval() -> None:
 
 def test_after_an_outage_late_reconnects_are_not_judged_for_a_minute() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(3)
     everyone = {p.name: OK for p in pods}
     late = {"w0": OK, "w1": OK}  # w2 reconnects on a longer backoff
@@ -198,7 +198,7 @@ def test_after_an_outage_late_reconnects_are_not_judged_for_a_minute() -> None:
 
 def test_with_liveness_probes_a_silence_is_left_to_the_kubelet_first() -> None:
     census = ScriptedCensus()
-    monitor = HealthMonitor(census, interval=10)
+    monitor = HealthMonitor(interval=10)
     pods = _pods(3)
     spec = _spec(probes=True)
     window = kubelet_window(spec)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from celery_operator import health, monitor, scaling, status
+from celery_operator import health, scaling, status
 from celery_operator.status import Observation, PoolObservation, Problem, Reason, compute
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -142,13 +142,13 @@ def test_observe_pool_from_a_live_deployment() -> None:
     assert stale.backlog is None
 
 
-def _report(**kw: Any) -> monitor.HealthReport:
+def _report(**kw: Any) -> health.HealthReport:
     base: dict[str, Any] = {
         "at": T0,
-        "pools": (monitor.PoolHealth("default", checked=2, answering=2),),
+        "pools": (health.PoolHealth("default", checked=2, answering=2),),
     }
     base.update(kw)
-    return monitor.HealthReport(**base)
+    return health.HealthReport(**base)
 
 
 STUCK = health.Verdict("demo-worker-default-a", health.Kind.STUCK, "all 2 slot(s) ...")
@@ -163,9 +163,9 @@ def test_health_answering_counts_and_condition() -> None:
 
 
 def test_restarts_are_listed_newest_first_and_read_back_for_the_budget() -> None:
-    restart = monitor.Restart("default", STUCK.pod, "uid-1", STUCK)
+    restart = health.Restart("default", STUCK.pod, "uid-1", STUCK)
     report = _report(
-        pools=(monitor.PoolHealth("default", 2, 2, hung=(STUCK,)),), restarts=(restart,)
+        pools=(health.PoolHealth("default", 2, 2, hung=(STUCK,)),), restarts=(restart,)
     )
     calm = compute(_healthy(health=_report()), {}, T0)
     first = compute(_healthy(health=report), calm.status, T0)
@@ -192,8 +192,8 @@ def test_restarts_are_listed_newest_first_and_read_back_for_the_budget() -> None
 
 
 def test_guards_say_why_nobody_was_judged() -> None:
-    unreachable = _report(guard=monitor.BROKER_UNREACHABLE, message="cannot ask the workers")
-    mass = _report(guard=monitor.MASS_UNRESPONSIVE, message="4 of 5 workers stopped answering")
+    unreachable = _report(guard=health.BROKER_UNREACHABLE, message="cannot ask the workers")
+    mass = _report(guard=health.MASS_UNRESPONSIVE, message="4 of 5 workers stopped answering")
     assert _conditions(compute(_healthy(health=unreachable), {}, T0))["WorkersHealthy"] == (
         "Unknown",
         "BrokerUnreachable",
