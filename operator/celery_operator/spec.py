@@ -52,6 +52,12 @@ DEFAULT_MAX_RESTARTS: Final = 3
 DEFAULT_RESTART_WINDOW_SECONDS: Final = 600
 DEFAULT_MAX_UNAVAILABLE_PERCENT: Final = 25
 
+MAX_REPLICAS: Final = 1000
+"""The most worker pods a pool may ask for: ``replicas``, and autoscaling's ``minReplicas``,
+``maxReplicas`` and ``fallbackReplicas`` (the CRD's ``maximum``). A typo such as 10000 would
+otherwise start that many pods at once; every worker also joins the broker's pidbox fanout and
+is pinged by the hung-worker monitor, so broadcast and monitoring cost grow with the count.
+1000 leaves room for large pools, and is the bound autoscaling already had."""
 DEFAULT_MIN_REPLICAS: Final = 1
 DEFAULT_TARGET_TASKS_PER_SLOT: Final = 1.0
 """One task per pool slot: enough workers to start everything waiting at once (up to max)."""
@@ -369,6 +375,12 @@ def _parse_broker(r: _Reader) -> Broker:
     steps = options.integers("prioritySteps", default=DEFAULT_PRIORITY_STEPS, low=0, high=255)
     if not steps:
         raise SpecError(f"{options.path}.prioritySteps", "must list at least one step")
+    if list(steps) != sorted(set(steps)):
+        # kombu bisects over the steps as given, and its _size() counts a repeated step twice
+        raise SpecError(
+            f"{options.path}.prioritySteps",
+            f"must be sorted ascending without duplicates (got {list(steps)})",
+        )
     return Broker(
         secret_name=ref.string("name", required=True, min_length=1),
         secret_key=ref.string("key", default=DEFAULT_SECRET_KEY, min_length=1),
@@ -401,7 +413,7 @@ def _parse_pool(r: _Reader) -> WorkerPool:
     return WorkerPool(
         name=name,
         queues=queues,
-        replicas=r.integer_or("replicas", DEFAULT_REPLICAS, low=0),
+        replicas=r.integer_or("replicas", DEFAULT_REPLICAS, low=0, high=MAX_REPLICAS),
         concurrency=r.integer_or("concurrency", DEFAULT_CONCURRENCY, low=1, high=1000),
         pool=r.choice("pool", POOL_TYPES, DEFAULT_POOL),
         prefetch_multiplier=r.integer("prefetchMultiplier", low=1),
@@ -422,8 +434,8 @@ def _parse_autoscaling(r: _Reader) -> Autoscaling:
     if not r.raw:
         return Autoscaling()
     enabled = r.boolean("enabled", default=True)
-    low = r.integer_or("minReplicas", DEFAULT_MIN_REPLICAS, low=0, high=1000)
-    high = r.integer("maxReplicas", low=1, high=1000)
+    low = r.integer_or("minReplicas", DEFAULT_MIN_REPLICAS, low=0, high=MAX_REPLICAS)
+    high = r.integer("maxReplicas", low=1, high=MAX_REPLICAS)
     if high is None:
         if enabled:
             raise SpecError(f"{r.path}.maxReplicas", "is required when autoscaling is enabled")
@@ -437,7 +449,7 @@ def _parse_autoscaling(r: _Reader) -> Autoscaling:
             f"must be a number above 0, at most 1000 (got {target!r})",
         )
     unreadable = r.object("brokerUnreadable")
-    fallback = unreadable.integer("fallbackReplicas", low=0, high=1000)
+    fallback = unreadable.integer("fallbackReplicas", low=0, high=MAX_REPLICAS)
     if fallback is not None and fallback > high:
         raise SpecError(
             f"{unreadable.path}.fallbackReplicas",

@@ -19,6 +19,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
+from celery_operator.spec import MAX_REPLICAS
 from tests.unit.samples import full_spec, minimal_spec
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -316,6 +317,30 @@ def test_the_validator_finds_what_the_api_server_rejects(root: Schema) -> None:
         assert where in found
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".spec.workers[].replicas",
+        ".spec.workers[].autoscaling.minReplicas",
+        ".spec.workers[].autoscaling.maxReplicas",
+        ".spec.workers[].autoscaling.brokerUnreadable.fallbackReplicas",
+    ],
+)
+def test_every_replica_count_has_the_operators_bound(nodes: list[Node], path: str) -> None:
+    [node] = [n for n in nodes if n.path == path]
+    assert node.schema["maximum"] == MAX_REPLICAS
+
+
+def test_the_validator_finds_replicas_above_the_bound_and_duplicated_steps(root: Schema) -> None:
+    spec_schema = root["properties"]["spec"]
+    bad = minimal_spec()
+    bad["workers"][0]["replicas"] = MAX_REPLICAS + 1
+    bad["broker"]["transportOptions"] = {"prioritySteps": [0, 3, 3]}
+    found = "\n".join(violations(spec_schema, bad, "spec"))
+    assert f"spec.workers[0].replicas: {MAX_REPLICAS + 1} > maximum {MAX_REPLICAS}" in found
+    assert "spec.broker.transportOptions.prioritySteps: duplicate items in a set" in found
+
+
 # --- printer columns ------------------------------------------------------------------------
 
 
@@ -432,7 +457,7 @@ def test_cel_rules_have_messages_and_name_existing_fields(nodes: list[Node]) -> 
     for n in nodes:
         for rule in n.schema.get("x-kubernetes-validations", []):
             assert rule.get("message"), f"{n.path}: {rule['rule']}"
-            for field in re.findall(r"self\.(\w+)", rule["rule"]):
+            for field in re.findall(r"self\.(\w+)\b(?!\s*\()", rule["rule"]):  # not methods
                 assert field in n.schema["properties"], f"{n.path}: {field}"
             if "fieldPath" in rule:
                 node = n.schema
@@ -447,6 +472,17 @@ def test_cel_rules_run_a_bounded_number_of_times(nodes: list[Node]) -> None:
         if n.schema.get("x-kubernetes-validations"):
             unbounded = [a for a in n.ancestors if a.get("type") == "array" and "maxItems" not in a]
             assert not unbounded, n.path
+
+
+def test_priority_steps_are_a_sorted_set(root: Schema) -> None:
+    """kombu bisects over the steps as given and counts a repeated one twice: the API server
+    refuses duplicates (a set) and, with the lists library's isSorted(), any other order."""
+    steps = _at(root, ".spec.broker.transportOptions.prioritySteps")
+    assert steps["x-kubernetes-list-type"] == "set"
+    [rule] = steps["x-kubernetes-validations"]
+    assert rule["rule"] == "self.isSorted()"
+    assert rule["message"] == "prioritySteps must be sorted ascending without duplicates"
+    assert steps["default"] == sorted(set(steps["default"]))
 
 
 def test_soft_time_limit_rule_says_what_to_fix(root: Schema) -> None:

@@ -7,6 +7,7 @@ import pytest
 from celery_operator.queues import KeyScheme
 from celery_operator.spec import (
     DEFAULT_SCALE_UP,
+    MAX_REPLICAS,
     Autoscaling,
     ScalingRules,
     SpecError,
@@ -70,6 +71,18 @@ INVALID: list[tuple[str, str, Any, str]] = [
         "broker.transportOptions.prioritySteps",
         [0, 300],
         "spec.broker.transportOptions.prioritySteps[1]",
+    ),
+    (
+        "priority steps unsorted",
+        "broker.transportOptions.prioritySteps",
+        [9, 0],
+        "spec.broker.transportOptions.prioritySteps",
+    ),
+    (
+        "priority steps with a duplicate",
+        "broker.transportOptions.prioritySteps",
+        [0, 3, 3, 9],
+        "spec.broker.transportOptions.prioritySteps",
     ),
     ("no workers", "workers", [], "spec.workers"),
     ("workers not a list", "workers", {"name": "x"}, "spec.workers"),
@@ -211,6 +224,70 @@ def test_invalid_specs_name_the_field(case: str, path: str, value: Any, field: s
         parse_cluster("demo", with_changes(full_spec(), path, value))
     assert raised.value.path == field
     assert str(raised.value).startswith(f"{field}: ")
+
+
+def test_unsorted_priority_steps_say_what_was_given() -> None:
+    raw = with_changes(minimal_spec(), "broker.transportOptions.prioritySteps", [9, 0])
+    with pytest.raises(SpecError) as raised:
+        parse_cluster("demo", raw)
+    assert str(raised.value) == (
+        "spec.broker.transportOptions.prioritySteps: "
+        "must be sorted ascending without duplicates (got [9, 0])"
+    )
+
+
+ABOVE = MAX_REPLICAS + 1
+ABOVE_THE_BOUND: list[tuple[str, str, Any, str]] = [
+    # (case, dotted path to change, new value, expected field path in the error)
+    ("replicas", "workers.0.replicas", ABOVE, "spec.workers[0].replicas"),
+    (
+        "minReplicas",
+        "workers.0.autoscaling",
+        {"minReplicas": ABOVE, "maxReplicas": MAX_REPLICAS},
+        "spec.workers[0].autoscaling.minReplicas",
+    ),
+    (
+        "maxReplicas",
+        "workers.0.autoscaling",
+        {"maxReplicas": ABOVE},
+        "spec.workers[0].autoscaling.maxReplicas",
+    ),
+    (
+        "fallbackReplicas, even with maxReplicas at the bound",
+        "workers.0.autoscaling",
+        {"maxReplicas": MAX_REPLICAS, "brokerUnreadable": {"fallbackReplicas": ABOVE}},
+        "spec.workers[0].autoscaling.brokerUnreadable.fallbackReplicas",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "path", "value", "field"), ABOVE_THE_BOUND, ids=[c[0] for c in ABOVE_THE_BOUND]
+)
+def test_replica_counts_above_the_bound_are_refused(
+    case: str, path: str, value: Any, field: str
+) -> None:
+    del case
+    with pytest.raises(SpecError) as raised:
+        parse_cluster("demo", with_changes(minimal_spec(), path, value))
+    assert str(raised.value) == f"{field}: must be ≤ {MAX_REPLICAS} (got {ABOVE})"
+
+
+def test_replica_counts_at_the_bound_are_accepted() -> None:
+    raw = with_changes(minimal_spec(), "workers.0.replicas", MAX_REPLICAS)
+    assert parse_cluster("demo", raw).workers[0].replicas == MAX_REPLICAS
+    scaled = _autoscaling(
+        {
+            "minReplicas": MAX_REPLICAS,
+            "maxReplicas": MAX_REPLICAS,
+            "brokerUnreadable": {"fallbackReplicas": MAX_REPLICAS},
+        }
+    )
+    assert (scaled.min_replicas, scaled.max_replicas, scaled.fallback_replicas) == (
+        MAX_REPLICAS,
+        MAX_REPLICAS,
+        MAX_REPLICAS,
+    )
 
 
 def test_duplicate_pool_names_point_at_the_second() -> None:
