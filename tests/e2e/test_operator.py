@@ -220,6 +220,26 @@ SCHEMA_REJECTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "spec.broker.transportOptions.prioritySteps[1]",
     ),
     (
+        "priority steps unsorted",
+        lambda s: s["broker"].update(transportOptions={"prioritySteps": [9, 0]}),
+        "prioritySteps must be sorted ascending without duplicates",
+    ),
+    (
+        "priority step duplicated",
+        lambda s: s["broker"].update(transportOptions={"prioritySteps": [0, 3, 3]}),
+        "spec.broker.transportOptions.prioritySteps[2]: Duplicate value",
+    ),
+    (
+        "replicas above the bound",
+        lambda s: s["workers"][0].update(replicas=1001),
+        "spec.workers[0].replicas in body should be less than or equal to 1000",
+    ),
+    (
+        "maxReplicas above the bound",
+        lambda s: s["workers"][0].update(autoscaling={"maxReplicas": 1001}),
+        "spec.workers[0].autoscaling.maxReplicas in body should be less than or equal to 1000",
+    ),
+    (
         "unknown beat persistence",
         lambda s: s["beat"].update(persistence={"type": "hostPath"}),
         "spec.beat.persistence.type",
