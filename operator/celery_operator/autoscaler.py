@@ -96,6 +96,8 @@ class _Cluster:
     asking: Future[TaskReading] | None = None
     costs: dict[str, str] = field(default_factory=dict)
     """Deletion costs this autoscaler wrote, by pod: newer than the last listing."""
+    woken: bool = False
+    """The broker saw this cluster's queues change: its pools are due at the next poll."""
 
 
 class Autoscaler:
@@ -154,12 +156,19 @@ class Autoscaler:
                 key,
                 {q for p in scaled for q in p.queues},
                 min(p.autoscaling.poll_interval_seconds for p in scaled),
-                lambda: self.wake(key),
+                lambda: self._woken(key),
             )
         elif target is not None:
             target.broker.unwatch(key)
         if before is not None and (target is None or before.broker is not target.broker):
             before.broker.unwatch(key)
+
+    def _woken(self, key: ClusterKey) -> None:
+        """From the broker's poller thread: the cluster's queues changed."""
+        cluster = self._clusters.get(key)
+        if cluster is not None:
+            cluster.woken = True
+            self.wake(key)
 
     def forget(self, key: ClusterKey) -> None:
         with self._lock:
@@ -203,7 +212,8 @@ class Autoscaler:
         pools = [
             p for p in target.spec.workers if p.name in cluster.pools and p.autoscaling.enabled
         ]
-        due = [p for p in pools if cluster.pools[p.name].due <= now]
+        woken, cluster.woken = cluster.woken, False
+        due = [p for p in pools if woken or cluster.pools[p.name].due <= now]
         if not due:
             return
         self._ask_workers(key, cluster, target, now)

@@ -53,10 +53,19 @@ IDLE_WAIT_SECONDS: Final = 5.0
 
 @dataclass(frozen=True)
 class BrokerKey:
-    """What makes two clusters' brokers the same one: the URL and the key scheme."""
+    """What makes two clusters' brokers the same one: where the URL points and with which
+    credentials (:func:`brokerurl.identity`), and the key scheme. ``url`` is the one to connect
+    with; two URLs of one identity (``redis://h/0``, ``redis://h:6379/0``) share a broker."""
 
-    url: str = field(repr=False)
+    url: str = field(repr=False, compare=False)
+    identity: brokerurl.BrokerIdentity
     keys: KeyScheme = field(default_factory=KeyScheme)
+
+    @classmethod
+    def of(cls, url: str, keys: KeyScheme) -> BrokerKey:
+        """Raises brokerurl.BrokerUrlError for a URL that cannot be used."""
+        address = brokerurl.parse(url)
+        return cls(address.url, brokerurl.identity(address), keys)
 
 
 @dataclass(frozen=True)

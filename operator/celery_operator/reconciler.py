@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from celery_operator import (
     GROUP,
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-SUPPORTED_BROKERS = frozenset({"redis", "rediss"})
+SUPPORTED_BROKERS: Final = frozenset({"redis", "rediss"})
 """Broker URL schemes the operator can read (queue lengths, remote control, events)."""
 
 
@@ -89,6 +89,7 @@ class _Pass:
     problems: list[status.Problem] = field(default_factory=list)
     spec: ClusterSpec | None = None
     broker_url: str | None = field(default=None, repr=False)
+    broker_key: BrokerKey | None = None
     secret_digests: dict[str, str] = field(default_factory=dict)
     """Per component (``worker``, ``flower``): a keyed digest of the Secret values it reads."""
     broker: SharedBroker | None = None
@@ -211,9 +212,17 @@ class Reconciler:
             run.problems.append(found)
         else:
             uid, url = found
-            problem = _check_broker_url(url, ref.secret_name, ref.secret_key)
-            if problem is not None:
-                run.problems.append(problem)
+            try:
+                run.broker_key = BrokerKey.of(url, ref.keys)
+                brokerurl.check_supported(brokerurl.parse(url), SUPPORTED_BROKERS)
+            except brokerurl.BrokerUrlError as error:  # its text never quotes the URL
+                run.problems.append(
+                    status.Problem(
+                        status.Reason.BROKER_URL_INVALID,
+                        f"spec.broker.urlSecretRef: the broker URL in Secret "
+                        f"{ref.secret_name!r} key {ref.secret_key!r}: {error}",
+                    )
+                )
             else:
                 run.broker_url = url
                 run.secret_digests[naming.WORKER] = _digest(uid, url)
@@ -236,10 +245,10 @@ class Reconciler:
     def _attach_broker(self, run: _Pass) -> None:
         """3. The cluster's place on its shared broker: the same object for every cluster on
         that broker; attaching to another one detaches from the old."""
-        if self.brokers is None or run.spec is None or run.broker_url is None:
+        if self.brokers is None or run.spec is None or run.broker_key is None:
             return
         spec = run.spec
-        run.broker = self.brokers.attach(run.key, BrokerKey(run.broker_url, spec.broker.keys))
+        run.broker = self.brokers.attach(run.key, run.broker_key)
         run.broker.subscribe_events(
             run.key, {q: p.name for p in reversed(spec.workers) for q in p.queues}
         )
@@ -562,22 +571,6 @@ class Reconciler:
             health=run.health,
             scaling=scaling,
         )
-
-
-def _check_broker_url(url: str, secret: str, key: str) -> status.Problem | None:
-    """The problem with a broker URL, naming the field and never echoing the URL."""
-    where = f"spec.broker.urlSecretRef: Secret {secret!r} key {key!r}"
-    try:
-        address = brokerurl.parse(url)
-    except brokerurl.BrokerUrlError as error:
-        return status.Problem(status.Reason.BROKER_URL_INVALID, f"{where}: {error}")
-    if address.scheme not in SUPPORTED_BROKERS:
-        return status.Problem(
-            status.Reason.BROKER_URL_INVALID,
-            f"{where}: broker URL scheme {address.scheme!r} is not supported by the operator "
-            f"(supported: {', '.join(sorted(SUPPORTED_BROKERS))})",
-        )
-    return None
 
 
 def _digest(secret_uid: str, value: str) -> str:

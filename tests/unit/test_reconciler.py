@@ -1,0 +1,247 @@
+"""The whole reconcile against a write-counting fake of the Kube adapter, with the monitor, the
+autoscaler and the shared brokers (scripted) all present: what it writes, what it shares per
+broker, and what it lets go of when a cluster goes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from celery_operator import naming
+from celery_operator.autoscaler import Autoscaler
+from celery_operator.monitor import HealthMonitor
+from celery_operator.reconciler import Reconciler
+from tests.unit.fakes import FakeKube, ScriptedBrokers, worker_labels
+from tests.unit.samples import minimal_spec
+
+NS = "apps"
+URL = "redis://broker.example:6379/0"
+PASSWORD = "s3cr/et@pa#ss?w:rd%"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Operator:
+    """The reconcile as the handlers wire it, over the fakes."""
+
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        self.clock = Clock()
+        self.scripted = ScriptedBrokers(clock=self.monotonic)
+        self.brokers = self.scripted.registry()
+        self.woken: list[tuple[str, str]] = []
+        self.autoscaler = Autoscaler(
+            self.kube, clock=self.clock, wake=self.woken.append, monotonic=self.monotonic
+        )
+        self.monitor = HealthMonitor(interval=10)
+        self.reconciler = Reconciler(
+            self.kube,
+            self.brokers,
+            clock=self.clock,
+            monitor=self.monitor,
+            autoscaler=self.autoscaler,
+        )
+
+    def monotonic(self) -> float:
+        return self.clock.now.timestamp()
+
+    def add(self, name: str, spec: dict[str, Any], url: str = URL) -> None:
+        self.kube.add_secret(NS, f"{name}-broker", {"url": url})
+        spec["broker"] = {"urlSecretRef": {"name": f"{name}-broker"}}
+        self.kube.add_cluster(NS, name, spec)
+
+    def converge(self, name: str) -> int:
+        """Reconcile, poll the autoscaler, reconcile (its first decision lands in status)."""
+        writes = self.reconciler.reconcile(NS, name).writes
+        writes += self.reconciler.autoscale(NS, name).writes
+        return writes + self.reconciler.reconcile(NS, name).writes
+
+
+def _spec() -> dict[str, Any]:
+    spec = minimal_spec()
+    spec["workers"] = [
+        {"name": "default", "replicas": 2},
+        {"name": "slow", "queues": ["slow"], "autoscaling": {"minReplicas": 0, "maxReplicas": 3}},
+    ]
+    spec["flower"] = {"enabled": True, "basicAuthSecretRef": {"name": "flower"}}
+    return spec
+
+
+def _series(cluster: str) -> int:
+    return sum(
+        1
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.labels.get("namespace") == NS and sample.labels.get("cluster") == cluster
+    )
+
+
+@pytest.fixture
+def op() -> Operator:
+    operator = Operator()
+    operator.kube.add_secret(NS, "flower", {"auth": "admin:pw"})
+    return operator
+
+
+def test_a_second_pass_over_an_unchanged_cluster_writes_nothing(op: Operator) -> None:
+    op.add("demo", _spec())
+    for i in range(2):
+        op.kube.add_pod(NS, f"demo-worker-default-abc-{i}", worker_labels("demo", "default"))
+    assert op.converge("demo") > 0
+    assert set(op.kube.children("Deployment")) == {
+        "demo-worker-default",
+        "demo-worker-slow",
+        "demo-flower",
+    }
+    assert set(op.kube.children("StatefulSet")) == {"demo-beat"}
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    assert status["phase"] == "Available"
+
+    op.clock.advance(11)  # a hung-worker cycle is due again: it asks, and changes nothing
+    assert op.converge("demo") == 0
+    [shared] = op.scripted.made
+    # Every census was addressed to the running pods' node names, nothing else.
+    expected = [f"default@demo-worker-default-abc-{i}" for i in range(2)]
+    assert shared.census_calls == [expected, expected]
+    assert shared.claimed[(NS, "demo")] == set(expected)
+    assert shared.subscribed == {(NS, "demo")}
+    assert shared.watched == {(NS, "demo"): frozenset({"slow"})}
+
+
+def test_clusters_on_one_broker_share_it_and_the_last_to_go_closes_it(op: Operator) -> None:
+    for name in ("a", "b"):
+        op.add(name, _spec())
+        op.converge(name)
+    op.add("c", _spec(), url="redis://broker.example/0")  # the same broker, written otherwise
+    op.converge("c")
+    assert len(op.scripted.made) == 1
+    assert len(op.brokers) == 1
+    assert op.brokers.users() == 3
+    [shared] = op.scripted.made
+    assert _series("a") > 0
+
+    op.kube.delete_cluster(NS, "a")
+    assert not op.reconciler.reconcile(NS, "a").found
+    assert shared.released == [(NS, "a")]
+    assert not shared.closed
+    assert (NS, "a") not in shared.watched
+    assert (NS, "a") not in shared.subscribed
+    assert op.monitor.last((NS, "a")) is None
+    assert op.autoscaler.clusters == 2
+    assert _series("a") == 0  # no series of a deleted cluster is exported
+    assert _series("b") > 0
+
+    for name in ("b", "c"):
+        op.kube.delete_cluster(NS, name)
+        op.reconciler.reconcile(NS, name)
+    assert shared.closed
+    assert len(op.brokers) == 0
+    assert op.autoscaler.clusters == 0
+
+
+def test_a_rotated_broker_secret_moves_the_cluster_and_rolls_its_pods(op: Operator) -> None:
+    op.add("demo", _spec())
+    op.converge("demo")
+    before = {
+        name: obj["spec"]["template"]["metadata"]["annotations"][naming.SECRET_DIGEST_ANNOTATION]
+        for name, obj in [
+            *op.kube.children("Deployment").items(),
+            *op.kube.children("StatefulSet").items(),
+        ]
+    }
+    new_url = "redis://broker.example:6379/1"
+    op.kube.add_secret(NS, "demo-broker", {"url": new_url})
+    outcome = op.reconciler.reconcile(NS, "demo")
+    updated = {a.name for a in outcome.actions if a.verb == "update"}
+    # Every pod that reads the broker URL rolls: workers, beat, and Flower.
+    assert updated == set(before)
+    after = {
+        name: obj["spec"]["template"]["metadata"]["annotations"][naming.SECRET_DIGEST_ANNOTATION]
+        for name, obj in [
+            *op.kube.children("Deployment").items(),
+            *op.kube.children("StatefulSet").items(),
+        ]
+    }
+    assert all(after[name] != before[name] for name in before)
+    assert not any(new_url in digest or "broker" in digest for digest in after.values())
+    old, new = op.scripted.made
+    assert old.closed
+    assert not new.closed
+    assert op.brokers.users() == 1
+
+
+def test_rotating_flowers_login_rolls_flower_only(op: Operator) -> None:
+    op.add("demo", _spec())
+    op.converge("demo")
+    op.kube.add_secret(NS, "flower", {"auth": "admin:another"})
+    outcome = op.reconciler.reconcile(NS, "demo")
+    assert {a.name for a in outcome.actions} == {"demo-flower"}
+
+
+def test_an_unparseable_broker_url_degrades_the_cluster_and_never_shows_the_password(
+    op: Operator,
+) -> None:
+    op.add("demo", _spec(), url=f"redis://:{PASSWORD}@broker.example:6390/9")
+    outcome = op.reconciler.reconcile(NS, "demo")
+    assert outcome.phase == "Degraded"
+    assert op.kube.children("Deployment") == {}  # nothing is built on a URL that cannot work
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    [degraded] = [c for c in status["conditions"] if c["type"] == "Degraded"]
+    assert degraded["reason"] == "BrokerUrlInvalid"
+    assert degraded["message"].startswith("spec.broker.urlSecretRef: ")
+    written = repr(status) + repr(op.kube.events)
+    for fragment in ("s3cr", "et@pa", "pa#ss", "ss?w", "w:rd"):
+        assert fragment not in written
+    assert op.scripted.made == []
+
+
+def test_an_unsupported_broker_scheme_is_named_without_the_url(op: Operator) -> None:
+    op.add("demo", _spec(), url="amqp://guest:hunter2@rabbit.example:5672//")
+    op.reconciler.reconcile(NS, "demo")
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    [degraded] = [c for c in status["conditions"] if c["type"] == "Degraded"]
+    assert "'amqp' is not supported" in degraded["message"]
+    assert "hunter2" not in repr(status)
+    assert "rabbit.example" not in degraded["message"]
+
+
+def test_an_idle_pool_at_zero_is_not_polled_until_its_broker_wakes_it(op: Operator) -> None:
+    spec = _spec()
+    spec["workers"] = [spec["workers"][1]]  # only the autoscaled pool, at zero
+    spec["beat"] = {"enabled": False}
+    spec["flower"] = {"enabled": False}
+    op.add("demo", spec)
+    op.converge("demo")
+    assert op.reconciler.reconcile(NS, "demo").poll_in is None  # quiet: nothing to poll
+    [shared] = op.scripted.made
+    shared.waiting["slow"] = 4
+    shared.wakes[(NS, "demo")]()  # what the broker's poller does when a count changes
+    assert op.woken == [(NS, "demo")]
+    polled = op.reconciler.autoscale(NS, "demo")
+    # 4 waiting over 2 slots per worker (the default concurrency): 2 workers.
+    assert op.kube.children("Deployment")["demo-worker-slow"]["spec"]["replicas"] == 2
+    assert polled.poll_in is not None  # busy now: polled every interval again
+
+
+def test_a_broker_that_cannot_be_read_is_reported_and_redacted(op: Operator) -> None:
+    op.add("demo", _spec())
+    op.converge("demo")
+    [shared] = op.scripted.made
+    shared.down = True
+    op.reconciler.reconcile(NS, "demo")
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    [reachable] = [c for c in status["conditions"] if c["type"] == "BrokerReachable"]
+    assert (reachable["status"], reachable["reason"]) == ("False", "BrokerUnreachable")
+    assert "connection refused" in reachable["message"]
