@@ -8,7 +8,9 @@ characters, raised here without connecting anywhere.
 
 from __future__ import annotations
 
+import random
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -416,6 +418,24 @@ def test_no_error_repeats_any_part_of_the_url(case: Invalid) -> None:
         parse(case.url)
     message = str(raised.value).lower()
     assert not [piece for piece in _pieces(case.url) if piece in message]
+
+
+def test_noise_gets_an_address_or_a_broker_url_error_and_redact_never_fails() -> None:
+    """Nothing else escapes parse() (a bare ValueError could carry a piece of the URL)."""
+    rng = random.Random(12)
+    alphabet = "redis:/@#?%;[]amqp0123456789abcxyzé \t.-_+%2F%41"
+    outcomes: Counter[str] = Counter()
+    for _ in range(3000):
+        noise = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        text = rng.choice(["", "redis://", "amqp://", "sentinel://"]) + noise
+        try:
+            parse(text)
+            outcomes["parsed"] += 1
+        except BrokerUrlError:
+            outcomes["refused"] += 1
+        assert isinstance(redact(f"error: {text}", text), str)
+    assert outcomes["parsed"] > 0
+    assert outcomes["refused"] > 0
 
 
 # --- check_supported and identity -------------------------------------------------------------
