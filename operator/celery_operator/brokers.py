@@ -351,7 +351,7 @@ class Broker:
             self._poller.join(timeout=self.timeout * 2 + 2)
         with self._control_lock:
             self._drop_control_connection()
-        self.control.close()
+        remote.close_control_app(self.control)
         self.redis.close()
         self.redis.connection_pool.disconnect()
 

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from celery import Celery
+from kombu import pools
 from kombu.exceptions import OperationalError
+from kombu.utils.collections import eqhash
 
 from celery_operator.health import Reply
 from celery_operator.queues import KeyScheme
@@ -52,6 +54,26 @@ def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
         broker_connection_max_retries=CONNECT_ATTEMPTS,
     )
     return app
+
+
+def close_control_app(app: Celery) -> None:
+    """Close every connection ``app`` made, for good.
+
+    Broadcasts publish through kombu's process-wide pools (``kombu.pools.producers`` and
+    ``connections``, keyed by the connection's parameters), which ``Celery.close()`` leaves
+    open and nothing ever removes: every broker the operator stopped using would keep its
+    connections for the life of the process. They are closed and dropped here.
+    """
+    connection = app.connection_for_write()
+    key = eqhash(connection)  # type: ignore[no-untyped-call]
+    for group in (pools.producers, pools.connections):
+        pool = dict.pop(group, key, None)  # PoolGroup is a dict keyed by eqhash
+        if pool is not None:
+            pool.force_close_all()
+    connection.release()
+    if app._pool is not None:  # Celery's own pool, when anything used app.pool
+        app._pool.force_close_all()
+    app.close()
 
 
 def census(
