@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy (strict)" && .venv/bin/mypy
+echo "== import layers" && .venv/bin/lint-imports --no-cache
 if [ -z "${KUBECONFIG:-}" ]; then
   # The slow, cached builds (Kubernetes from Go modules, the worker image) happen here, not
   # inside a test's timeout; the e2e fixtures then start the cluster in seconds.
