@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from celery_operator import GROUP, PLURAL, VERSION, naming
+from celery_operator import GROUP, PLURAL, VERSION, brokerurl, naming
 from celery_operator.autoscaler import Autoscaler
 from celery_operator.brokers import Broker, BrokerKey, Brokers
 from celery_operator.kube import Kube, load_api_client
@@ -29,9 +29,34 @@ log = logging.getLogger(__name__)
 CHILD_LABELS = {naming.MANAGED_BY_LABEL: naming.MANAGER}
 
 
+class RedactingFilter(logging.Filter):
+    """The last line of defence for secrets in logs: every line and traceback passes through
+    :func:`brokerurl.redact`, so no URL leaves with its user information or query, whatever
+    library wrote the text. (Broker errors are redacted where they are caught, too.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = brokerurl.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = brokerurl.redact(record.exc_text)
+        return True
+
+
+def redact_logs() -> None:
+    """Put the filter on every handler of the root logger (where Kopf's and ours end up)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Settings = memo.get("settings") or from_env()
+    redact_logs()
     settings.posting.enabled = False  # Events are posted by the reconcile, on transitions only
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
