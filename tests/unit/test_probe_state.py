@@ -63,8 +63,8 @@ class Broker:
         return self.answer
 
 
-UP = (True, "redis://10.0.0.5:6379 answered")
-DOWN = (False, "redis://10.0.0.5:6379: connection refused")
+UP = (True, "redis://redis.ns.svc:6379 answered")
+DOWN = (False, "redis://redis.ns.svc:6379: connection refused")
 LOST = _with(connected=False, disconnected_at=NOW - 31, consuming=[])
 
 
@@ -73,14 +73,14 @@ LOST = _with(connected=False, disconnected_at=NOW - 31, consuming=[])
     [
         pytest.param(
             LOST, DOWN, True,
-            "broker unreachable from this pod too (redis://10.0.0.5:6379: connection refused):"
+            "broker unreachable from this pod too (redis://redis.ns.svc:6379: connection refused):"
             " waiting for it, not restarting",
             1, id="down-for-everyone-passes",
         ),
         pytest.param(
             LOST, UP, False,
             "broker answers but this worker has been disconnected for 31s (grace 30s):"
-            " redis://10.0.0.5:6379 answered",
+            " redis://redis.ns.svc:6379 answered",
             1, id="cut-off-alone-fails",
         ),
         pytest.param(
@@ -158,13 +158,13 @@ LATE = {"last_tick": NOW - 40, "next_tick_in": 5.0}
     [
         pytest.param(
             LATE, DOWN, True,
-            "broker unreachable from this pod too (redis://10.0.0.5:6379: connection refused)",
+            "broker unreachable from this pod too (redis://redis.ns.svc:6379: connection refused)",
             1, id="tick-stuck-on-a-broker-down-for-everyone-passes",
         ),
         pytest.param(
             LATE, UP, False,
             "scheduler loop stalled: last tick 40s ago, the next was due 35s ago (grace 15s);"
-            " the broker answers: redis://10.0.0.5:6379 answered",
+            " the broker answers: redis://redis.ns.svc:6379 answered",
             1, id="late-while-the-broker-answers-fails",
         ),
         pytest.param(

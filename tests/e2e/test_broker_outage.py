@@ -1,0 +1,145 @@
+"""A 90 s Redis outage on the real cluster: no container restarted, no pod replaced, and tasks
+flow again within seconds of Redis returning (issue 12).
+
+Redis is a Pod in the test's namespace. It is deleted (its redis-server gets SIGTERM and closes
+every connection, as a broker that goes away does) and created again on the same port after
+90 s, empty, as a managed Redis comes back from a failover. Throughout, the kubelet runs the
+default probes (``celery-probe worker-live`` every 10 s, 3 failures to restart): past the 30 s
+broker grace they try the broker themselves, find it unreachable from the pod too, and pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis
+from celery.result import AsyncResult
+from kopf.testing import KopfRunner
+from kubernetes import client
+
+from celery_operator import naming
+from tests.e2e.conftest import redis_pod
+from tests.e2e.harness import TASKS, Clusters, _celery
+from tests.e2e.kube import pod_ready, wait_for
+
+WORKERS: Final = 3
+OUTAGE_SECONDS: Final = 90.0
+FLOWING_WITHIN_SECONDS: Final = 10.0
+"""Issue 12's target: from Redis answering again to the first task done."""
+BEAT_TICKS_KEY: Final = "celery_demo:beat_ticks"
+
+
+def _containers(clusters: Clusters) -> dict[str, tuple[str, int]]:
+    """Every worker and beat pod of the cluster: name -> (uid, its container's restart count)."""
+    found = {}
+    for pod in clusters.pods(f"{naming.INSTANCE_LABEL}=demo"):
+        component = pod["metadata"]["labels"].get(naming.COMPONENT_LABEL)
+        if component not in (naming.WORKER, naming.BEAT):
+            continue
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        found[pod["metadata"]["name"]] = (
+            pod["metadata"]["uid"],
+            sum(int(s.get("restartCount", 0)) for s in statuses),
+        )
+    return found
+
+
+def _workers_ready(clusters: Clusters, api_client: client.ApiClient) -> list[bool]:
+    return [
+        pod_ready(api_client, clusters.namespace, pod["metadata"]["name"])
+        for pod in clusters.pods(f"{naming.POOL_LABEL}=default")
+    ]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_90s_redis_outage_restarts_nothing_and_tasks_flow_again_within_seconds(
+    operator: KopfRunner,
+    clusters: Clusters,
+    sample_spec: Callable[..., dict[str, Any]],
+    redis_url: str,
+    api_client: client.ApiClient,
+    worker_image: str,
+    host_network: bool,
+) -> None:
+    clusters.create("demo", sample_spec(replicas=WORKERS))  # default probes; beat every 2 s
+    clusters.wait_phase("demo", "Available")
+    wait_for(
+        lambda: (
+            len(_containers(clusters)) == WORKERS + 1 and all(_workers_ready(clusters, api_client))
+        ),
+        timeout=120,
+        message="the workers and beat never all ran",
+    )
+    app = _celery(redis_url)
+    assert app.send_task(f"{TASKS}.add", args=[1, 1]).get(timeout=60) == 2
+    before = _containers(clusters)
+    assert all(restarts == 0 for _, restarts in before.values()), before
+
+    core = client.CoreV1Api(api_client)
+    core.delete_namespaced_pod("redis", clusters.namespace, grace_period_seconds=1)
+    wait_for(lambda: not _answers(redis_url), timeout=30, message="Redis never went away")
+    down_at = time.monotonic()
+    went_unready = False
+    while time.monotonic() - down_at < OUTAGE_SECONDS:
+        assert _containers(clusters) == before, "a container restarted or a pod was replaced"
+        went_unready = went_unready or not any(_workers_ready(clusters, api_client))
+        time.sleep(3)
+    assert went_unready, "the workers stayed Ready without their broker"
+    failed_liveness = [
+        m for m in clusters.event_messages("Unhealthy") if m.startswith("Liveness probe failed")
+    ]
+    assert failed_liveness == [], failed_liveness
+
+    # Redis comes back on the same port, empty: a task stream starts the moment it answers.
+    wait_for(
+        lambda: (
+            not core.list_namespaced_pod(
+                clusters.namespace, field_selector="metadata.name=redis"
+            ).items
+        ),
+        timeout=30,
+        message="the old Redis pod never went away",
+    )
+    port = urlsplit(redis_url).port or 6379
+    core.create_namespaced_pod(
+        clusters.namespace, redis_pod("redis", worker_image, port, host_network)
+    )
+    wait_for(lambda: _answers(redis_url), timeout=60, interval=0.1, message="Redis never returned")
+    back_at = time.monotonic()
+    results: list[AsyncResult] = []
+    first_done: float | None = None
+    all_answer: float | None = None
+    while time.monotonic() - back_at < 20:
+        results.append(app.send_task(f"{TASKS}.add", args=[len(results), 1]))
+        now = time.monotonic() - back_at
+        if first_done is None and any(r.ready() for r in results):
+            first_done = now
+        if all_answer is None and len(app.control.ping(timeout=0.3) or []) == WORKERS:
+            all_answer = now
+        time.sleep(0.2)
+    print(
+        f"\nafter a {OUTAGE_SECONDS:g}s outage: first task done {first_done}s, every worker"
+        f" answering ping {all_answer}s after Redis returned; {len(results)} tasks sent"
+    )
+    assert first_done is not None
+    assert first_done < FLOWING_WITHIN_SECONDS
+    assert all_answer is not None
+    assert all_answer < FLOWING_WITHIN_SECONDS
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(len(results))]
+    assert int(redis.Redis.from_url(redis_url).get(BEAT_TICKS_KEY) or 0) > 0, "beat never ticked"
+    wait_for(
+        lambda: all(_workers_ready(clusters, api_client)),
+        timeout=30,
+        message="the workers never became Ready again",
+    )
+    assert _containers(clusters) == before, "a container restarted or a pod was replaced"
+    app.close()
