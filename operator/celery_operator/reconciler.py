@@ -324,9 +324,11 @@ class Reconciler:
             run.health = self.monitor.last(key)
             return
         namespace, name = key
-        selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
-        pods = [_worker_pod(p, now) for p in self.kube.list_pods(namespace, selector)]
-        shared.claim_nodes(key, [node_of(p) for p in pods])
+        pods: list[WorkerPod] = []
+        if _has_pods(run):  # a cluster whose pools are all at zero lists nothing
+            selector = {naming.INSTANCE_LABEL: name, naming.COMPONENT_LABEL: naming.WORKER}
+            pods = [_worker_pod(p, now) for p in self.kube.list_pods(namespace, selector)]
+            shared.claim_nodes(key, [node_of(p) for p in pods])
         backlog = None
         if run.queue_backlog is not None:
             backlog = {
@@ -571,6 +573,19 @@ class Reconciler:
             health=run.health,
             scaling=scaling,
         )
+
+
+def _has_pods(run: _Pass) -> bool:
+    """Whether a watched pool's Deployment reports pods (``status.replicas`` counts the ones
+    not terminating, the only ones the monitor judges)."""
+    assert run.spec is not None
+    return any(
+        (run.live.get(("Deployment", naming.worker_name(run.key[1], pool.name))) or {})
+        .get("status", {})
+        .get("replicas", 0)
+        for pool in run.spec.workers
+        if pool.hung.action != "Off"
+    )
 
 
 def _digest(secret_uid: str, value: str) -> str:
