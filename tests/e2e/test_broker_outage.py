@@ -10,6 +10,7 @@ broker grace they try the broker themselves, find it unreachable from the pod to
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -19,8 +20,10 @@ import redis
 from celery.result import AsyncResult
 from kopf.testing import KopfRunner
 from kubernetes import client
+from kubernetes.stream import stream
 
 from celery_operator import naming
+from celery_operator.builders import PROBE_COMMAND
 from tests.e2e.conftest import redis_pod
 from tests.e2e.harness import TASKS, Clusters, _celery
 from tests.e2e.kube import pod_ready, wait_for
@@ -30,6 +33,8 @@ OUTAGE_SECONDS: Final = 90.0
 FLOWING_WITHIN_SECONDS: Final = 10.0
 """Issue 12's target: from Redis answering again to the first task done."""
 BEAT_TICKS_KEY: Final = "celery_demo:beat_ticks"
+ASK_AFTER_SECONDS: Final = 50.0
+"""Past the 30 s broker grace and beat's 15 s: both checks have had to try the broker."""
 
 
 def _containers(clusters: Clusters) -> dict[str, tuple[str, int]]:
@@ -52,6 +57,21 @@ def _workers_ready(clusters: Clusters, api_client: client.ApiClient) -> list[boo
         pod_ready(api_client, clusters.namespace, pod["metadata"]["name"])
         for pod in clusters.pods(f"{naming.POOL_LABEL}=default")
     ]
+
+
+def _check(api_client: client.ApiClient, namespace: str, pod: str, check: str) -> str:
+    """The line ``celery-probe <check>`` prints in ``pod``, run as the kubelet runs it."""
+    output: str = stream(
+        client.CoreV1Api(api_client).connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        command=[PROBE_COMMAND, check],
+        stderr=True,
+        stdout=True,
+        stdin=False,
+        tty=False,
+    )
+    return output.strip()
 
 
 def _answers(url: str) -> bool:
@@ -89,11 +109,28 @@ def test_a_90s_redis_outage_restarts_nothing_and_tasks_flow_again_within_seconds
     wait_for(lambda: not _answers(redis_url), timeout=30, message="Redis never went away")
     down_at = time.monotonic()
     went_unready = False
+    lines: dict[str, str] = {}
     while time.monotonic() - down_at < OUTAGE_SECONDS:
         assert _containers(clusters) == before, "a container restarted or a pod was replaced"
         went_unready = went_unready or not any(_workers_ready(clusters, api_client))
+        if not lines and time.monotonic() - down_at > ASK_AFTER_SECONDS:
+            for pod in before:
+                beat = pod.startswith(naming.beat_name("demo"))
+                check = "beat-live" if beat else "worker-live"
+                lines[pod] = _check(api_client, clusters.namespace, pod, check)
         time.sleep(3)
     assert went_unready, "the workers stayed Ready without their broker"
+    # Each worker's own check tried the broker, from the URL in its environment, and waited.
+    # Beat passes too: ticking (a publish gives up after its retries) or waiting on its tick.
+    host = urlsplit(redis_url).netloc
+    waiting = (
+        f"ok: broker unreachable from this pod too (redis://{host}: connection refused):"
+        " waiting for it, not restarting"
+    )
+    beat_line = lines.pop(f"{naming.beat_name('demo')}-0")
+    assert beat_line.startswith(("ok: scheduler ticking", waiting)), beat_line
+    assert lines == dict.fromkeys(lines, waiting), lines
+    assert len(lines) == WORKERS
     failed_liveness = [
         m for m in clusters.event_messages("Unhealthy") if m.startswith("Liveness probe failed")
     ]
@@ -126,9 +163,10 @@ def test_a_90s_redis_outage_restarts_nothing_and_tasks_flow_again_within_seconds
         if all_answer is None and len(app.control.ping(timeout=0.3) or []) == WORKERS:
             all_answer = now
         time.sleep(0.2)
-    print(
+    print(  # KopfRunner holds sys.stdout
         f"\nafter a {OUTAGE_SECONDS:g}s outage: first task done {first_done}s, every worker"
-        f" answering ping {all_answer}s after Redis returned; {len(results)} tasks sent"
+        f" answering ping {all_answer}s after Redis returned; {len(results)} tasks sent",
+        file=sys.__stdout__,
     )
     assert first_done is not None
     assert first_done < FLOWING_WITHIN_SECONDS
