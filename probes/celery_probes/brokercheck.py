@@ -298,7 +298,7 @@ def redis_verdict(replies: list[bytes]) -> str | None:
     codes = [_error_code(reply) for reply in replies if reply.startswith(b"-")]
     if codes:
         return f"answered {' then '.join(codes)}, not PONG"
-    return "answered, but not PONG"
+    return "answered, but not PONG" if replies else "closed without answering"
 
 
 def _error_code(reply: bytes) -> str:
@@ -307,14 +307,15 @@ def _error_code(reply: bytes) -> str:
 
 
 def _read_lines(sock: socket.socket, count: int) -> list[bytes]:
-    """The first ``count`` replies, when each is one line (simple strings and errors are)."""
+    """The first ``count`` replies (each one line: simple strings and errors are), or as many
+    complete ones as came before the server closed the connection."""
     data = b""
     while data.count(b"\r\n") < count and len(data) < 4096:
         chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.split(b"\r\n")[:count] if data.count(b"\r\n") >= count else []
+    return data.split(b"\r\n")[: min(count, data.count(b"\r\n"))]
 
 
 def _amqp_hello(sock: socket.socket) -> str | None:

@@ -104,7 +104,7 @@ def test_redis_greeting_authenticates_with_the_username_then_pings() -> None:
         ([b"-LOADING Redis is loading the dataset in memory"], "answered LOADING, not PONG"),
         ([b"-err " + PASSWORD.encode()], "answered an error, not PONG"),
         ([b"$4"], "answered, but not PONG"),
-        ([], "answered, but not PONG"),
+        ([], "closed without answering"),
     ],
 )  # fmt: skip
 def test_redis_counts_only_pong_and_names_errors_by_their_code(
