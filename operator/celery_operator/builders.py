@@ -34,6 +34,8 @@ PROBE_COMMAND: Final = "celery-probe"
 PROBE_STATE_DIR: Final = "/run/celery-probe"
 PROBE_STATE_VOLUME: Final = "celery-probe"
 STARTUP_PERIOD_SECONDS: Final = 2
+STARTUP_BROKER_TIMEOUT: Final = "1"
+"""A startup check's broker attempt: its timeout is at most ``STARTUP_PERIOD_SECONDS``."""
 HEARTBEAT_LIMIT_SECONDS: Final = 5
 """``celery-probe worker-live``'s default ``--max-age`` (``celery_probes.state``)."""
 LIVENESS_KILL_GRACE_SECONDS: Final = 10
@@ -127,11 +129,12 @@ def worker_deployment(
     probes = spec.probes
     if probes.enabled:
         live = [PROBE_COMMAND, "worker-live", "--broker-grace", str(probes.broker_grace_seconds)]
+        live += ["--broker-timeout", _broker_timeout(probes.worker_liveness)]
         ready = [PROBE_COMMAND, "worker-ready", "--queues", ",".join(pool.queues)]
         _add_probes(
             container,
             probes,
-            startup=[PROBE_COMMAND, "worker-live"],
+            startup=[PROBE_COMMAND, "worker-live", "--broker-timeout", STARTUP_BROKER_TIMEOUT],
             liveness=(live, probes.worker_liveness),
             readiness=(ready, probes.worker_readiness),
         )
@@ -190,7 +193,9 @@ def beat_statefulset(
     container = _container(naming.BEAT, spec, beat.placement, pod, args, extra_mounts=[mount])
     if probes.enabled:
         check = [PROBE_COMMAND, "beat-live"]
-        _add_probes(container, probes, startup=check, liveness=(check, probes.beat_liveness))
+        live = [*check, "--broker-timeout", _broker_timeout(probes.beat_liveness)]
+        startup = [*check, "--broker-timeout", STARTUP_BROKER_TIMEOUT]
+        _add_probes(container, probes, startup=startup, liveness=(live, probes.beat_liveness))
     template = _pod_template(
         spec,
         beat.placement,
@@ -462,6 +467,13 @@ def _add_probes(
         }
     if readiness is not None and readiness[1].enabled:
         container["readinessProbe"] = _exec_probe(*readiness)
+
+
+def _broker_timeout(timing: ProbeTiming) -> str:
+    """How long a check may try the broker (it does only when the state says the worker lost
+    it): half the kubelet's timeout, at most the check's own 2 s, so that a broker dropping
+    connections silently cannot make the kubelet time the check out and count a failure."""
+    return f"{min(2.0, timing.timeout_seconds / 2):g}"
 
 
 def _exec_probe(command: list[str], timing: ProbeTiming) -> dict[str, Any]:

@@ -96,8 +96,10 @@ def test_each_cluster_counts_only_its_own_workers_on_a_shared_broker(
     clusters.wait_phase("alpha", "Available")
     clusters.wait_phase("beta", "Available")
     wait_for(
-        lambda: _answering(clusters, "alpha") == {"default": (3, 3)}
-        and _answering(clusters, "beta").get("default") == (3, 3),
+        lambda: (
+            _answering(clusters, "alpha") == {"default": (3, 3)}
+            and _answering(clusters, "beta").get("default") == (3, 3)
+        ),
         timeout=90,
         message="the clusters never saw all of their own workers answer",
     )

@@ -182,7 +182,12 @@ def test_celery_is_not_pid_1_so_an_early_sigterm_is_not_ignored() -> None:
 def test_workers_get_startup_liveness_and_readiness_exec_probes() -> None:
     container = _container(_children(full_spec())["demo-worker-default"])
     assert container["livenessProbe"] == {
-        "exec": {"command": ["celery-probe", "worker-live", "--broker-grace", "30"]},
+        "exec": {
+            "command": [
+                *("celery-probe", "worker-live", "--broker-grace", "30"),
+                *("--broker-timeout", "2"),  # the check's own 2 s: well within the 5 s timeout
+            ]
+        },
         "periodSeconds": 10,
         "timeoutSeconds": 5,
         "failureThreshold": 3,
@@ -195,7 +200,7 @@ def test_workers_get_startup_liveness_and_readiness_exec_probes() -> None:
     ]  # fmt: skip
     assert (ready["periodSeconds"], ready["failureThreshold"]) == (5, 2)
     startup = container["startupProbe"]
-    assert startup["exec"]["command"] == ["celery-probe", "worker-live"]
+    assert startup["exec"]["command"] == ["celery-probe", "worker-live", "--broker-timeout", "1"]
     # 120 s of startup at one check every 2 s.
     assert (startup["periodSeconds"], startup["failureThreshold"]) == (2, 60)
     assert _env(_children(full_spec())["demo-worker-default"])["CELERY_PROBE_DIR"] == (
@@ -209,7 +214,10 @@ def test_workers_get_startup_liveness_and_readiness_exec_probes() -> None:
 def test_beat_gets_a_liveness_probe_and_a_bounded_sleep() -> None:
     container = _container(_children(full_spec())["demo-beat"])
     assert container["command"] == ["celery-probe", "run"]
-    assert container["livenessProbe"]["exec"]["command"] == ["celery-probe", "beat-live"]
+    assert container["livenessProbe"]["exec"]["command"] == [
+        *("celery-probe", "beat-live", "--broker-timeout", "2")
+    ]
+    assert container["startupProbe"]["exec"]["command"][-2:] == ["--broker-timeout", "1"]
     assert "readinessProbe" not in container
     args = container["args"]
     assert args[args.index("--max-interval") + 1] == str(builders.BEAT_MAX_INTERVAL_SECONDS)
@@ -228,7 +236,10 @@ def test_probe_timings_come_from_the_spec() -> None:
     )
     container = _container(_children(spec)["demo-worker-default"])
     live = container["livenessProbe"]
-    assert live["exec"]["command"][-1] == "0"
+    command = live["exec"]["command"]
+    assert command[command.index("--broker-grace") + 1] == "0"
+    # A 2 s kubelet timeout leaves the broker attempt half of it.
+    assert command[command.index("--broker-timeout") + 1] == "1"
     assert (live["periodSeconds"], live["failureThreshold"], live["timeoutSeconds"]) == (20, 5, 2)
     assert container["startupProbe"]["failureThreshold"] == 151  # rounded up: never shorter
     assert "readinessProbe" not in container
