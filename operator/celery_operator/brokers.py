@@ -185,7 +185,10 @@ class Broker:
     @contextlib.contextmanager
     def _redacted(self) -> Iterator[None]:
         """A broker error leaves with its text redacted (and without its cause, whose text a
-        traceback would print)."""
+        traceback would print). A closed broker reads nothing: a read would open a connection
+        that nobody closes."""
+        if self._stopping.is_set():
+            raise broker.BrokerUnavailable(f"{self.name} is no longer used by any cluster")
         try:
             yield
         except broker.BrokerUnavailable as error:
@@ -300,7 +303,11 @@ class Broker:
         return {node: value for node, value in batch.result.items() if node in mine}
 
     def _call(self, kind: str, nodes: Sequence[str]) -> Mapping[str, Any]:
-        """One remote-control call over the held connection (re-made after a failure)."""
+        """One remote-control call over the held connection (re-made after a failure). A closed
+        broker asks nothing: a late caller (the autoscaler's background question about a
+        cluster just deleted) must not open a connection that nobody closes."""
+        if self._stopping.is_set():
+            raise remote.WorkersUnreachable(f"{self.name} is no longer used by any cluster")
         if self._control_conn is None:
             self._control_conn = self.control.connection_for_write()
         self.calls += 1

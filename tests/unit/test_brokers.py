@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from celery_operator import remote
+from celery_operator import broker, remote
 from celery_operator.brokers import Broker, BrokerKey, Brokers, _Batch
 from celery_operator.eventstream import BrokerEvents, cluster_of_pod
 from celery_operator.queues import KeyScheme
@@ -163,3 +163,15 @@ def _route(events: BrokerEvents, key: tuple[str, str], queue: str) -> Any:
     from celery_operator.taskevents import TaskEvents  # noqa: PLC0415
 
     return _Route(TaskEvents(_Sink(*key), {queue: "p"}), frozenset({"p"}), {queue: "p"})
+
+
+def test_a_closed_broker_asks_and_reads_nothing() -> None:
+    """A late caller after the last cluster went (the autoscaler's background question) gets an
+    error instead of a connection nobody would close."""
+    closed = Broker(BrokerKey.of(URL, KeyScheme()), timeout=1.0, census_timeout=1.0)
+    closed.close()
+    with pytest.raises(remote.WorkersUnreachable, match="no longer used"):
+        closed.census(["a@p1"])
+    with pytest.raises(broker.BrokerUnavailable, match="no longer used"):
+        closed.read_backlog(["q"])
+    assert closed._control_conn is None
