@@ -123,17 +123,18 @@ class ClusterLoops:
                 )
                 delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_SECONDS)
             else:
-                metrics.RECONCILE_SECONDS.labels(namespace, name).observe(
-                    time.monotonic() - started
-                )
                 backoff = 1.0
                 poll_in = outcome.poll_in if self._poll is not None else None
                 self.stats.reconciles += 1
                 self.stats.writes += outcome.writes
                 if not outcome.found:
+                    # That reconcile released the cluster and its series: record nothing more.
                     if self._loops.get(key) is loop:
                         del self._loops[key]
                     return
+                metrics.RECONCILE_SECONDS.labels(namespace, name).observe(
+                    time.monotonic() - started
+                )
                 if outcome.writes:
                     log.info(
                         "reconciled %s/%s: %d writes, phase %s",

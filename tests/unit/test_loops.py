@@ -158,3 +158,26 @@ def test_without_autoscaled_pools_no_poll_runs() -> None:
 
     asyncio.run(scenario())
     assert polls == []
+
+
+def test_a_released_cluster_gets_no_series_back() -> None:
+    """The reconcile that finds a cluster gone has dropped its series: the loop must not record
+    that reconcile's duration (which would export the deleted cluster again)."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    def labelled() -> int:
+        return sum(
+            1
+            for family in REGISTRY.collect()
+            for sample in family.samples
+            if sample.labels.get("cluster") == "released"
+        )
+
+    async def scenario() -> None:
+        loops = ClusterLoops(Recorder(found=False), interval=60, debounce=0.0)
+        loops.poke(("ns", "released"), create=True)
+        await _until(lambda: ("ns", "released") not in loops)
+        await loops.stop()
+
+    asyncio.run(scenario())
+    assert labelled() == 0
