@@ -5,7 +5,8 @@ it never asks what happened, only what is and what should be. It writes nothing 
 children and status already match, and it never deletes a running child because the spec is
 wrong: a spec that cannot work leaves everything running and marks the cluster Degraded.
 
-    1. read the spec              spec.py: typed, or InvalidSpec naming the field
+    1. read the spec              spec.py: typed, or InvalidSpec naming the field;
+                                  then list the live children of the kinds that can exist
     2. resolve the broker         the Secrets: the broker URL (checked) and their digests
     3. attach the shared broker   brokers.py: one per broker; its polls and events for us
     4. apply the children         builders.py + diff.py: write what differs from the live ones
@@ -85,7 +86,7 @@ class _Pass:
     resource: Mapping[str, Any]
     owner: builders.Owner
     target: EventTarget
-    live: dict[tuple[str, str], dict[str, Any]]
+    live: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     problems: list[status.Problem] = field(default_factory=list)
     spec: ClusterSpec | None = None
     broker_url: str | None = field(default=None, repr=False)
@@ -122,6 +123,8 @@ class Reconciler:
         self.monitor = monitor
         self.autoscaler = autoscaler
         self._oldest: dict[ClusterKey, OldestMessages] = {}
+        self._kinds_seen: dict[ClusterKey, frozenset[str]] = {}
+        """Per cluster, the kinds of children its last listing found."""
 
     # --- entry points --------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Reconciler:
             return Outcome(found=False)  # the garbage collector removes the children
         run = self._begin(key, resource)
         self._read_spec(run)
+        self._list_children(run)
         self._resolve_broker(run)
         self._attach_broker(run)
         self._apply_children(run)
@@ -171,6 +175,7 @@ class Reconciler:
         if self.monitor is not None:
             self.monitor.forget(key)
         self._oldest.pop(key, None)
+        self._kinds_seen.pop(key, None)
         metrics.forget_cluster(*key)
 
     # --- the steps ---------------------------------------------------------------------------
@@ -185,7 +190,7 @@ class Reconciler:
             uid=resource["metadata"]["uid"],
         )
         target = EventTarget(owner.api_version, KIND, name, namespace, owner.uid)
-        return _Pass(key, resource, owner, target, self._live_children(namespace, name))
+        return _Pass(key, resource, owner, target)
 
     def _read_spec(self, run: _Pass) -> None:
         """1. The spec as typed objects, or the problem that names the field to fix."""
@@ -193,6 +198,23 @@ class Reconciler:
             run.spec = parse_cluster(run.key[1], run.resource.get("spec") or {})
         except SpecError as error:
             run.problems.append(status.Problem(status.Reason.INVALID_SPEC, str(error)))
+
+    def _list_children(self, run: _Pass) -> None:
+        """The live children, of the kinds that can exist: a StatefulSet only with beat, a
+        Service only with Flower, unless the last listing found one (to be deleted) or this
+        is the first pass since the operator started."""
+        namespace, name = run.key
+        spec, seen = run.spec, self._kinds_seen.get(run.key)
+        wanted = {"Deployment"}
+        if spec is None or seen is None or spec.beat.enabled or "StatefulSet" in seen:
+            wanted.add("StatefulSet")
+        if spec is None or seen is None or spec.flower.enabled or "Service" in seen:
+            wanted.add("Service")
+        labels = naming.cluster_labels(name)
+        for kind in sorted(wanted):
+            for obj in self.kube.list_children(kind, namespace, labels):
+                run.live[(kind, obj["metadata"]["name"])] = obj
+        self._kinds_seen[run.key] = frozenset(kind for kind, _ in run.live)
 
     def _resolve_broker(self, run: _Pass) -> None:
         """2. The broker URL from its Secret, checked, and the digests of the Secret values
@@ -272,6 +294,7 @@ class Reconciler:
         if not run.problems:
             run.actions = diff.plan(desired, run.live.values(), run.owner.uid)
             run.problems += self._execute(run.actions, namespace, run.live, run.target)
+            self._kinds_seen[run.key] = frozenset(kind for kind, _ in run.live)
             self._unstick_beat(namespace, name, run.live, run.target)
         self._track_autoscaling(run)
 
@@ -394,14 +417,6 @@ class Reconciler:
         return phase
 
     # --- helpers of the steps ----------------------------------------------------------------
-
-    def _live_children(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
-        labels = naming.cluster_labels(name)
-        live: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind in ("Deployment", "StatefulSet", "Service"):
-            for obj in self.kube.list_children(kind, namespace, labels):
-                live[(kind, obj["metadata"]["name"])] = obj
-        return live
 
     def _secret_value(
         self, namespace: str, field: str, name: str, key: str, reason: str

@@ -36,6 +36,8 @@ class FakeKube(Kube):
         self.events: list[tuple[str, str]] = []
         """(reason, message) of every Event posted."""
         self.pods: dict[tuple[str, str], Obj] = {}
+        self.listed: list[str] = []
+        """The kind of every list_children call, in order."""
         self._uids = itertools.count(1)
 
     # --- what tests set up -------------------------------------------------------------------
@@ -80,6 +82,7 @@ class FakeKube(Kube):
         return copy.deepcopy(self.objects.get((kind, namespace, name)))
 
     def list_children(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+        self.listed.append(kind)
         return [
             copy.deepcopy(obj)
             for (k, ns, _), obj in sorted(self.objects.items())

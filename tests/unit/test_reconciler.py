@@ -245,3 +245,29 @@ def test_a_broker_that_cannot_be_read_is_reported_and_redacted(op: Operator) -> 
     [reachable] = [c for c in status["conditions"] if c["type"] == "BrokerReachable"]
     assert (reachable["status"], reachable["reason"]) == ("False", "BrokerUnreachable")
     assert "connection refused" in reachable["message"]
+
+
+def test_kinds_that_cannot_exist_are_not_listed_but_leftovers_are_found(op: Operator) -> None:
+    spec = _spec()
+    op.add("demo", spec)
+    op.converge("demo")
+    spec["beat"] = {"enabled": False}
+    spec["flower"] = {"enabled": False}
+    op.kube.objects[("CeleryCluster", NS, "demo")]["spec"]["beat"] = spec["beat"]
+    op.kube.objects[("CeleryCluster", NS, "demo")]["spec"]["flower"] = spec["flower"]
+    op.kube.listed.clear()
+    outcome = op.reconciler.reconcile(NS, "demo")
+    # Beat and Flower were there: listed, found, and deleted.
+    assert {(a.verb, a.kind) for a in outcome.actions} >= {
+        ("delete", "StatefulSet"),
+        ("delete", "Service"),
+    }
+    assert sorted(op.kube.listed) == ["Deployment", "Service", "StatefulSet"]
+    op.kube.listed.clear()
+    op.reconciler.reconcile(NS, "demo")
+    assert op.kube.listed == ["Deployment"]  # none can exist now: nothing else is listed
+
+    fresh = Reconciler(op.kube, op.brokers, clock=op.clock)  # an operator just restarted
+    op.kube.listed.clear()
+    fresh.reconcile(NS, "demo")
+    assert sorted(op.kube.listed) == ["Deployment", "Service", "StatefulSet"]
