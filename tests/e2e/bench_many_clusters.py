@@ -44,11 +44,13 @@ from tests.e2e.opproc import (
     OperatorProcess,
     Profile,
     broker_client,
+    broker_consumers,
     holdings,
     is_ready,
     measure_cpu,
     operator_under_test,
     phases,
+    pod_cpu_seconds,
     profile,
     python_threads,
     ready_pods,
@@ -76,6 +78,9 @@ PODS_STALLED: Final = 180.0
 """Stop waiting for pods once none has become Ready for this long."""
 PODS_GONE_TIMEOUT: Final = 240.0
 PREFIX: Final = "bench-"
+THREAD_TOLERANCE: Final = 2
+"""Threads not counted as growth: the ``/metrics`` server answers each scrape in a thread of its
+own, and Kopf's executor may start one for its liveness probe (see tests/e2e/test_lifecycle.py)."""
 OUR_FRAME: Final = "(celery_operator/"
 WORKER_ARGS: Final = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 
@@ -99,11 +104,21 @@ class Row:
     cpu: CpuFigure | None = None
     commands_per_second: float | None = None
     """Commands the Redis server ran per second over the CPU window, from every client."""
+    command_rates: Mapping[str, float] | None = None
+    """The same by command (``publish``: pidbox broadcasts and replies; ``brpop``: consumers)."""
+    workers_cores: float | None = None
+    """Cores the worker pods kept busy over the window, all of them together (their cgroups)."""
     thread_names: Counter[str] | None = None
 
 
-def _commands(broker: redis.Redis[bytes]) -> int:
-    return int(broker.info("stats")["total_commands_processed"])
+def _command_calls(broker: redis.Redis[bytes]) -> Counter[str]:
+    stats: Mapping[str, Any] = broker.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+def _pods_cpu(uids: list[str]) -> float | None:
+    readings = [r for r in map(pod_cpu_seconds, uids) if r is not None]
+    return sum(readings) if readings else None
 
 
 def _measure(
@@ -114,14 +129,26 @@ def _measure(
     clusters: int,
     pods: int,
     window: float | None = WINDOW,
+    pod_uids: list[str] | None = None,
 ) -> Row:
-    cpu = rate = None
-    if window:
-        before = _commands(broker)
-        cpu = measure_cpu(operator.pid, window)
-        rate = (_commands(broker) - before) / cpu.seconds
+    if not window:
+        held = holdings(operator, broker, broker_port, PREFIX)
+        return Row(label, clusters, pods, held, thread_names=python_threads(operator.pid))
+    calls = _command_calls(broker)
+    workers = _pods_cpu(pod_uids or [])
+    cpu = measure_cpu(operator.pid, window)
+    workers_after = _pods_cpu(pod_uids or [])
+    rates = {k: n / cpu.seconds for k, n in (_command_calls(broker) - calls).items()}
+    cores = (
+        (workers_after - workers) / cpu.seconds
+        if workers is not None and workers_after is not None
+        else None
+    )
     held = holdings(operator, broker, broker_port, PREFIX)
-    return Row(label, clusters, pods, held, cpu, rate, python_threads(operator.pid))
+    return Row(
+        label, clusters, pods, held, cpu, sum(rates.values()), rates, cores,
+        python_threads(operator.pid),
+    )  # fmt: skip
 
 
 def _table(rows: list[Row]) -> None:
@@ -157,6 +184,16 @@ def _details(rows: list[Row]) -> None:
         say(f"  {row.label}:")
         say(f"    threads: {_top(row.thread_names)}")
         say(f"    broker connections by last command: {_top(row.held.broker_commands)}")
+        if row.command_rates:
+            rates = Counter(row.command_rates).most_common(8)
+            say(
+                "    Redis commands/s, every client: " + ", ".join(f"{k} {v:.1f}" for k, v in rates)
+            )
+        if row.workers_cores is not None and row.pods:
+            say(
+                f"    worker pods' CPU: {row.workers_cores:.2f} cores together, "
+                f"{100 * row.workers_cores / row.pods:.2f} % of a core each"
+            )
         if row.clusters == 0 and row.held.series:
             say(f"    series left, by metric: {_top(row.held.series_by_name)}")
 
@@ -239,8 +276,15 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-def _returned(held: Holdings, baseline: Holdings) -> bool:
-    return all(now <= then for now, then in zip(held.key(), baseline.key(), strict=True))
+def _returned(after: Row, base: Row) -> bool:
+    """Nothing left: no more broker connections and series than before, and no more threads
+    than before but asyncio's default executor's and ``THREAD_TOLERANCE``."""
+    growth, _ = _thread_growth(after, base)
+    return (
+        growth <= THREAD_TOLERANCE
+        and after.held.broker_connections <= base.held.broker_connections
+        and after.held.series <= base.held.series
+    )
 
 
 def _verdict(met: bool) -> str:
@@ -313,15 +357,15 @@ def test_bench_idle_clusters(
     assert loaded.cpu is not None
     last = rows[-1].held
     growth, growth_text = _thread_growth(loaded, base)
+    _, left_text = _thread_growth(rows[-1], base)
     say(f"targets ({TARGETS['idle']}):")
     say(
         f"  CPU {loaded.cpu.percent_of_core:.1f} % ({_verdict(loaded.cpu.percent_of_core <= 2)}); "
         f"broker connections {loaded.held.broker_connections} "
         f"({_verdict(loaded.held.broker_connections <= 10)}); threads "
-        f"{growth_text} with {IDLE_CLUSTERS} clusters ({_verdict(growth <= 2)}); after "
-        f"deletion threads "
-        f"{last.threads} ({base.held.threads} before), connections {last.broker_connections}, "
-        f"series {last.series} ({_verdict(_returned(last, base.held))})"
+        f"{growth_text} with {IDLE_CLUSTERS} clusters ({_verdict(growth <= THREAD_TOLERANCE)}); "
+        f"after deletion threads {left_text} over the {base.held.threads} before, connections "
+        f"{last.broker_connections}, series {last.series} ({_verdict(_returned(rows[-1], base))})"
     )
     say(f"  {ISSUE_NOW}")
     _details(rows)
@@ -349,6 +393,23 @@ def _pods_ready(
         if ready >= expected or now - best_at > PODS_STALLED or now - started > PODS_READY_TIMEOUT:
             return ready, now - started, marks
         time.sleep(2)
+
+
+def _wait_consuming(broker: redis.Redis[bytes], pid: int, port: int, expected: int) -> int:
+    """Wait until ``expected`` workers consume (a Ready pod without probes is one whose container
+    started: Celery may still be importing); stop early once the count stalls."""
+    started = time.monotonic()
+    best, best_at = 0, started
+    while True:
+        consuming = broker_consumers(broker, pid, port)
+        now = time.monotonic()
+        if consuming > best:
+            best, best_at = consuming, now
+        if consuming >= expected or now - best_at > PODS_STALLED:
+            return consuming
+        if now - started > PODS_READY_TIMEOUT:
+            return consuming
+        time.sleep(1)
 
 
 def _why_not_ready(api_client: client.ApiClient, namespace: str) -> list[str]:
@@ -425,14 +486,18 @@ def test_bench_worker_pods(
     operator = OperatorProcess(namespace, kubeconfig, tmp_path / "operator.log", source=source)
     with operator, broker_client(redis_url) as broker:
         rows = [_measure("operator idle, no clusters", operator, broker, port, 0, 0, window=None)]
+        created = time.monotonic()
         _create(clusters, names, workers)
         ready, took, marks = _pods_ready(api_client, namespace, expected)
         why = _why_not_ready(api_client, namespace) if ready < expected else []
+        consuming = _wait_consuming(broker, operator.pid, port, ready)
+        booted = time.monotonic() - created
         memory_per_pod = (memory_before - _mem_available_mib()) / max(1, ready)
         time.sleep(HEALTH_INTERVAL)  # one hung-worker cycle over every pod before measuring
-        ready = ready_pods(api_client, namespace)
-        loaded = _measure(f"{WORKER_CLUSTERS} clusters, {ready} workers Ready", operator, broker,
-                          port, WORKER_CLUSTERS, ready)  # fmt: skip
+        running = [p for p in worker_pods(api_client, namespace) if is_ready(p)]
+        uids = [str(p.metadata and p.metadata.uid) for p in running]
+        loaded = _measure(f"{WORKER_CLUSTERS} clusters, {len(running)} workers Ready", operator,
+                          broker, port, WORKER_CLUSTERS, len(running), pod_uids=uids)  # fmt: skip
         rows.append(loaded)
         found = profile(operator.pid, PROFILE_SECONDS) if PROFILE_SECONDS else None
         deleting = time.monotonic()
@@ -460,7 +525,9 @@ def test_bench_worker_pods(
     )
     quarters = ", ".join(f"{expected * q // 4} in {s:.0f} s" for q, s in sorted(marks.items()))
     say(
-        f"{ready}/{expected} worker pods Ready in {took:.0f} s ({quarters}); about "
+        f"{ready}/{expected} worker pods Ready in {took:.0f} s ({quarters}; Ready is the "
+        f"container started: no probes), {consuming} of them booted and consuming (waiting in "
+        f"BRPOP) {booted:.0f} s after creation; about "
         f"{memory_per_pod:.0f} MiB of the machine's memory per worker pod; all pods gone "
         f"{gone:.0f} s after deleting"
     )
@@ -472,8 +539,9 @@ def test_bench_worker_pods(
         f"targets ({TARGETS['workers']}): CPU {loaded.cpu.percent_of_core:.1f} % "
         f"({_verdict(loaded.cpu.percent_of_core <= 5)}), RSS {loaded.held.rss_mib:.0f} MiB "
         f"({_verdict(loaded.held.rss_mib * 1.048576 <= 200)}); after deletion threads "
-        f"{rows[-1].held.threads} ({rows[0].held.threads} before), connections "
-        f"{rows[-1].held.broker_connections}, series {rows[-1].held.series}"
+        f"{_thread_growth(rows[-1], rows[0])[1]} over the {rows[0].held.threads} before, "
+        f"connections {rows[-1].held.broker_connections}, series {rows[-1].held.series} "
+        f"(nothing left: {_verdict(_returned(rows[-1], rows[0]))})"
     )
     _details(rows)
     say(f"  tracebacks in the operator's log: {tracebacks}")

@@ -11,12 +11,16 @@ Measurements (plain functions of a PID, a port or a client):
     user + system CPU of the process over a window (``/proc/PID/stat``), as a % of one core,
     next to the whole machine's busy CPU over the same window (``/proc/stat``): on a shared
     machine that says how noisy the figure is.
+``pod_cpu_seconds(uid)``
+    the CPU a pod's containers have used, from its cgroup.
 ``rss_mib(pid)``, ``threads(pid)``
     ``VmRSS`` and ``Threads`` of ``/proc/PID/status``.
 ``tcp_connections(pid, port)``, ``broker_connections(broker, pid, port)``
     The process's established TCP connections to a port (its socket inodes in ``/proc/PID/fd``
     found in ``/proc/PID/net/tcp``); and the Redis clients (``CLIENT LIST``) whose address is one
     of them, so that the workers and the test's own client on the same server are not counted.
+``broker_consumers(broker, pid, port)``
+    the other clients waiting in ``BRPOP``: workers that have booted and consume.
 ``metric_series(port, prefix)``
     ``/metrics`` sample lines whose ``cluster`` label starts with ``prefix``, by metric name.
 ``Holdings`` / ``holdings(...)``, ``settle(...)``
@@ -211,6 +215,19 @@ def measure_cpu(pid: int, seconds: float) -> CpuFigure:
     return window.figure
 
 
+def pod_cpu_seconds(uid: str) -> float | None:
+    """CPU a pod's containers have used, from its cgroup (the kubelet's cgroupfs layout, v1 or
+    v2: ``…/kubepods[/<qos>]/pod<uid>``); None where it is not found."""
+    for pattern in (f"cpuacct/*/kubepods/*/pod{uid}", f"cpuacct/*/kubepods/pod{uid}"):
+        for path in Path("/sys/fs/cgroup").glob(pattern):
+            return int((path / "cpuacct.usage").read_text()) / 1e9
+    for pattern in (f"*/kubepods/*/pod{uid}", f"*/kubepods/pod{uid}", f"kubepods/*/pod{uid}"):
+        for path in Path("/sys/fs/cgroup").glob(pattern):
+            stat = (path / "cpu.stat").read_text().split()
+            return int(stat[stat.index("usage_usec") + 1]) / 1e6
+    return None
+
+
 # --- memory and threads -------------------------------------------------------------------------
 
 
@@ -286,6 +303,17 @@ def broker_clients(broker: redis.Redis[bytes], pid: int, broker_port: int) -> li
 
 def broker_connections(broker: redis.Redis[bytes], pid: int, broker_port: int) -> int:
     return len(broker_clients(broker, pid, broker_port))
+
+
+def broker_consumers(broker: redis.Redis[bytes], pid: int, broker_port: int) -> int:
+    """Clients of the server, not of process ``pid``, whose last command was ``BRPOP``: kombu's
+    Redis consumers waiting for a task, one per worker that has booted and consumes."""
+    ours = {c.local_port for c in tcp_connections(pid, broker_port)}
+    return sum(
+        1
+        for c in broker.client_list()
+        if c.get("cmd") == "brpop" and int(str(c["addr"]).rsplit(":", 1)[1]) not in ours
+    )
 
 
 # --- /metrics -----------------------------------------------------------------------------------
@@ -413,7 +441,7 @@ def python_threads(pid: int) -> Counter[str] | None:
 def _fold(thread: str) -> str:
     """``asyncio_3`` -> ``asyncio_N``, ``events ns/bench-017`` -> ``events ns/bench-N``: the
     numbers that tell alike threads apart, not those inside a name (``e2e-…-69ec6f``)."""
-    return re.sub(r"(?<=[_\-/ ])\d+\b", "N", thread)
+    return re.sub(r"(?<=[_\-/ ])\d+(?=$|[ _])", "N", thread)
 
 
 def _frame(frame: str) -> str:
