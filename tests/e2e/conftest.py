@@ -45,6 +45,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client, config
@@ -218,6 +219,20 @@ def redis_pod(name: str, image: str, port: int, host_network: bool) -> client.V1
             termination_grace_period_seconds=1,
         ),
     )
+
+
+def recreate_redis(
+    core: client.CoreV1Api, namespace: str, redis_url: str, image: str, host_network: bool
+) -> None:
+    """After the test deleted the Redis pod ``redis``: wait until it is gone, then start a new,
+    empty one on the same port (what a broker outage that ends looks like)."""
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, field_selector="metadata.name=redis").items,
+        timeout=30,
+        message="the old Redis pod never went away",
+    )
+    port = urlsplit(redis_url).port or 6379
+    core.create_namespaced_pod(namespace, redis_pod("redis", image, port, host_network))
 
 
 @pytest.fixture

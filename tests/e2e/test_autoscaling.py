@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -19,7 +18,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from celery_operator import naming
-from tests.e2e.conftest import redis_pod
+from tests.e2e.conftest import recreate_redis
 from tests.e2e.harness import TASKS, Clusters, _celery
 from tests.e2e.kube import pod_ready, wait_for
 
@@ -208,19 +207,7 @@ def test_with_the_broker_unreadable_the_replicas_hold_until_it_is_back(
     assert pool["autoscaling"]["reason"] == "BrokerUnreadable", pool
 
     # The broker comes back (empty): the autoscaler recovers by itself and scales to zero.
-    wait_for(
-        lambda: (
-            not core.list_namespaced_pod(
-                clusters.namespace, field_selector="metadata.name=redis"
-            ).items
-        ),
-        timeout=30,
-        message="the old Redis pod never went away",
-    )
-    port = urlsplit(redis_url).port or 6379
-    core.create_namespaced_pod(
-        clusters.namespace, redis_pod("redis", worker_image, port, host_network)
-    )
+    recreate_redis(core, clusters.namespace, redis_url, worker_image, host_network)
     wait_for(lambda: pod_ready(api_client, clusters.namespace, "redis"), timeout=60)
     wait_for(
         lambda: clusters.condition("demo", "ScalingActive").get("status") == "True",

@@ -24,7 +24,7 @@ from kubernetes.stream import stream
 
 from celery_operator import naming
 from celery_operator.builders import PROBE_COMMAND
-from tests.e2e.conftest import redis_pod
+from tests.e2e.conftest import recreate_redis
 from tests.e2e.harness import TASKS, Clusters, _celery
 from tests.e2e.kube import pod_ready, wait_for
 
@@ -137,19 +137,7 @@ def test_a_90s_redis_outage_restarts_nothing_and_tasks_flow_again_within_seconds
     assert failed_liveness == [], failed_liveness
 
     # Redis comes back on the same port, empty: a task stream starts the moment it answers.
-    wait_for(
-        lambda: (
-            not core.list_namespaced_pod(
-                clusters.namespace, field_selector="metadata.name=redis"
-            ).items
-        ),
-        timeout=30,
-        message="the old Redis pod never went away",
-    )
-    port = urlsplit(redis_url).port or 6379
-    core.create_namespaced_pod(
-        clusters.namespace, redis_pod("redis", worker_image, port, host_network)
-    )
+    recreate_redis(core, clusters.namespace, redis_url, worker_image, host_network)
     wait_for(lambda: _answers(redis_url), timeout=60, interval=0.1, message="Redis never returned")
     back_at = time.monotonic()
     results: list[AsyncResult] = []
