@@ -48,6 +48,7 @@ from tests.e2e.opproc import (
     holdings,
     is_ready,
     measure_cpu,
+    metric_total,
     operator_under_test,
     phases,
     pod_cpu_seconds,
@@ -78,6 +79,7 @@ PODS_STALLED: Final = 180.0
 """Stop waiting for pods once none has become Ready for this long."""
 PODS_GONE_TIMEOUT: Final = 240.0
 PREFIX: Final = "bench-"
+RESTARTS: Final = "celery_operator_worker_restarts_total"
 THREAD_TOLERANCE: Final = 2
 """Threads not counted as growth: the ``/metrics`` server answers each scrape in a thread of its
 own, and Kopf's executor may start one for its liveness probe (see tests/e2e/test_lifecycle.py)."""
@@ -109,6 +111,9 @@ class Row:
     workers_cores: float | None = None
     """Cores the worker pods kept busy over the window, all of them together (their cgroups)."""
     thread_names: Counter[str] | None = None
+    pods_kept: int = 0
+    """Worker pods that were there from the start to the end of the window (``workers_cores``
+    is theirs; a pod deleted meanwhile, say by a hung-worker restart, is left out)."""
 
 
 def _command_calls(broker: redis.Redis[bytes]) -> Counter[str]:
@@ -116,9 +121,10 @@ def _command_calls(broker: redis.Redis[bytes]) -> Counter[str]:
     return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
 
 
-def _pods_cpu(uids: list[str]) -> float | None:
-    readings = [r for r in map(pod_cpu_seconds, uids) if r is not None]
-    return sum(readings) if readings else None
+def _pods_cpu(uids: list[str]) -> dict[str, float]:
+    """CPU seconds of each pod whose cgroup is found (a pod deleted meanwhile has none)."""
+    readings = {uid: pod_cpu_seconds(uid) for uid in uids}
+    return {uid: seconds for uid, seconds in readings.items() if seconds is not None}
 
 
 def _measure(
@@ -139,15 +145,13 @@ def _measure(
     cpu = measure_cpu(operator.pid, window)
     workers_after = _pods_cpu(pod_uids or [])
     rates = {k: n / cpu.seconds for k, n in (_command_calls(broker) - calls).items()}
-    cores = (
-        (workers_after - workers) / cpu.seconds
-        if workers is not None and workers_after is not None
-        else None
-    )
+    both = workers.keys() & workers_after.keys()
+    cores = sum(workers_after[u] - workers[u] for u in both) / cpu.seconds if both else None
+    pods_kept = len(both) if both else pods
     held = holdings(operator, broker, broker_port, PREFIX)
     return Row(
         label, clusters, pods, held, cpu, sum(rates.values()), rates, cores,
-        python_threads(operator.pid),
+        python_threads(operator.pid), pods_kept,
     )  # fmt: skip
 
 
@@ -189,10 +193,11 @@ def _details(rows: list[Row]) -> None:
             say(
                 "    Redis commands/s, every client: " + ", ".join(f"{k} {v:.1f}" for k, v in rates)
             )
-        if row.workers_cores is not None and row.pods:
+        if row.workers_cores is not None and row.pods_kept:
             say(
-                f"    worker pods' CPU: {row.workers_cores:.2f} cores together, "
-                f"{100 * row.workers_cores / row.pods:.2f} % of a core each"
+                f"    worker pods' CPU: {row.workers_cores:.2f} cores for the {row.pods_kept} "
+                f"there all window long, {100 * row.workers_cores / row.pods_kept:.2f} % of a "
+                "core each"
             )
         if row.clusters == 0 and row.held.series:
             say(f"    series left, by metric: {_top(row.held.series_by_name)}")
@@ -395,6 +400,19 @@ def _pods_ready(
         time.sleep(2)
 
 
+def _churn(pods: list[client.V1Pod], measured: list[str]) -> str:
+    """Pods replaced (say, deleted as hung and recreated) and containers restarted since the
+    measured pods were listed."""
+    uids = {str(p.metadata and p.metadata.uid) for p in pods}
+    restarts = sum(
+        s.restart_count or 0 for p in pods for s in (p.status and p.status.container_statuses) or []
+    )
+    return (
+        f"{len(set(measured) - uids)} of the {len(measured)} pods replaced, {restarts} container "
+        f"restarts, {sum(1 for p in pods if is_ready(p))} pods Ready at the end"
+    )
+
+
 def _wait_consuming(broker: redis.Redis[bytes], pid: int, port: int, expected: int) -> int:
     """Wait until ``expected`` workers consume (a Ready pod without probes is one whose container
     started: Celery may still be importing); stop early once the count stalls."""
@@ -494,12 +512,15 @@ def test_bench_worker_pods(
         booted = time.monotonic() - created
         memory_per_pod = (memory_before - _mem_available_mib()) / max(1, ready)
         time.sleep(HEALTH_INTERVAL)  # one hung-worker cycle over every pod before measuring
+        restarts_before = metric_total(operator.metrics_port, RESTARTS, PREFIX)
         running = [p for p in worker_pods(api_client, namespace) if is_ready(p)]
         uids = [str(p.metadata and p.metadata.uid) for p in running]
         loaded = _measure(f"{WORKER_CLUSTERS} clusters, {len(running)} workers Ready", operator,
                           broker, port, WORKER_CLUSTERS, len(running), pod_uids=uids)  # fmt: skip
         rows.append(loaded)
         found = profile(operator.pid, PROFILE_SECONDS) if PROFILE_SECONDS else None
+        churn = _churn(worker_pods(api_client, namespace), uids)
+        restarts = metric_total(operator.metrics_port, RESTARTS, PREFIX)
         deleting = time.monotonic()
         _delete(clusters, api_client, names)
         wait_for(
@@ -530,6 +551,10 @@ def test_bench_worker_pods(
         f"BRPOP) {booted:.0f} s after creation; about "
         f"{memory_per_pod:.0f} MiB of the machine's memory per worker pod; all pods gone "
         f"{gone:.0f} s after deleting"
+    )
+    say(
+        f"  hung-worker restarts ({RESTARTS}): {restarts_before:.0f} while the workers booted, "
+        f"{restarts - restarts_before:.0f} more while measuring and profiling; {churn}"
     )
     for line in why:
         say(f"  {line}")

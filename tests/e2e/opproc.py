@@ -21,8 +21,9 @@ Measurements (plain functions of a PID, a port or a client):
     of them, so that the workers and the test's own client on the same server are not counted.
 ``broker_consumers(broker, pid, port)``
     the other clients waiting in ``BRPOP``: workers that have booted and consume.
-``metric_series(port, prefix)``
-    ``/metrics`` sample lines whose ``cluster`` label starts with ``prefix``, by metric name.
+``metric_series(port, prefix)``, ``metric_total(port, name, prefix)``
+    ``/metrics`` sample lines whose ``cluster`` label starts with ``prefix``, by metric name;
+    the sum of one metric's samples.
 ``Holdings`` / ``holdings(...)``, ``settle(...)``
     threads, RSS, broker connections and series at one moment; polling them until they stop
     changing (or reach a target).
@@ -330,6 +331,16 @@ def metric_series(port: int, cluster_prefix: str) -> Counter[str]:
     label = re.compile(rf'[{{,]cluster="{re.escape(cluster_prefix)}')
     samples = [line for line in metric_samples(port) if label.search(line)]
     return Counter(re.split(r"[{ ]", line, maxsplit=1)[0] for line in samples)
+
+
+def metric_total(port: int, name: str, cluster_prefix: str) -> float:
+    """The sum of metric ``name``'s samples whose ``cluster`` label starts with the prefix."""
+    label = re.compile(rf'[{{,]cluster="{re.escape(cluster_prefix)}')
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metric_samples(port)
+        if re.split(r"[{ ]", line, maxsplit=1)[0] == name and label.search(line)
+    )
 
 
 # --- what the operator holds at one moment ------------------------------------------------------
