@@ -35,7 +35,7 @@ from base64 import b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from tests.integration.procs import (
@@ -194,6 +194,12 @@ class RabbitServer:
         for pid in self._children:  # erl_child_setup, inet_gethost: process groups of their own
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # The script's shell exits first; the node's sockets close when the node has exited.
+        wait_for(
+            lambda: not any(_alive(pid) for pid in self._children),
+            timeout=10,
+            message=f"rabbitmq-server {self.node} outlived SIGKILL",
+        )
         self._children.clear()
         self._proc = None
 
@@ -237,20 +243,22 @@ class RabbitServer:
             raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout
 
+    def queue_info(self, *fields: str, vhost: str = "/") -> list[dict[str, Any]]:
+        """``rabbitmqctl list_queues -p <vhost> *fields`` as JSON rows."""
+        out = self.ctl("list_queues", "-p", vhost, "--formatter", "json", *fields)
+        rows: list[dict[str, Any]] = json.loads(out)
+        return rows
+
     def list_queues(self, vhost: str = "/") -> dict[str, tuple[int, int, int]]:
         """``rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers``:
         (ready, unacknowledged, consumers) by queue name, as Celery's monitoring guide reads
-        them. A queue whose counts are not known (a quorum queue right after its declare) is
-        left out."""
-        out = self.ctl(
-            "list_queues", "-p", vhost, "--formatter", "json",
-            "name", "messages_ready", "messages_unacknowledged", "consumers",
-        )  # fmt: skip
-        rows = json.loads(out)
+        them. A queue whose counts are not known yet (a quorum queue right after its declare)
+        is left out."""
+        counts = ("messages_ready", "messages_unacknowledged", "consumers")
         return {
             row["name"]: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"])
-            for row in rows
-            if all(isinstance(row.get(k), int) for k in ("messages_ready", "consumers"))
+            for row in self.queue_info("name", *counts, vhost=vhost)
+            if all(isinstance(row.get(k), int) for k in counts)
         }
 
     # --- internals -----------------------------------------------------------------------------
@@ -367,6 +375,15 @@ def _listens(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited: its parent, init, has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _descendants(pid: int) -> set[int]:
