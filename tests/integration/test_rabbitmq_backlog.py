@@ -6,7 +6,7 @@ messages_unacknowledged consumers`` on the test node, as Celery's monitoring gui
 Counts move while a worker takes tasks, so each comparison waits for one instant at which ours
 and rabbitmqctl's agree: our read, rabbitmqctl's, our read again, all equal.
 
-One server serves the whole module (about 6 s to start); every test uses queues of its own.
+One server serves the whole module (about 5 s to start); every test uses queues of its own.
 """
 
 from __future__ import annotations
