@@ -26,7 +26,7 @@ from celery_operator.broker import BrokerUnavailable
 from celery_operator.queues import KeyScheme
 from celery_operator.rabbitmq import AMQP, MANAGEMENT, ManagementApi, QueueLoad
 from celery_operator.remote import census, control_app, tasks_in_hand
-from tests.integration.procs import CeleryProcess, wait_for, wait_until_pinged
+from tests.integration.procs import CeleryProcess, free_port, wait_for, wait_until_pinged
 from tests.integration.rabbitmq import (
     MONITOR_USER,
     TEST_VHOST,
@@ -242,6 +242,18 @@ def test_a_vhost_with_a_slash_and_missing_queues(rabbit: RabbitServer, api: Mana
         queue: QueueLoad(3, None, 0, AMQP),
         "nor-this": QueueLoad(0, None, 0, AMQP),
     }
+
+
+def test_the_fallback_reads_the_first_host_of_a_failover_list_that_answers(
+    rabbit: RabbitServer,
+) -> None:
+    good = rabbit.amqp_url()
+    dead = good.replace(f":{rabbit.amqp_port}/", f":{free_port()}/")
+    started = time.monotonic()
+    assert rabbitmq.read_amqp(f"{dead};{good}", ["nothing"], timeout=TIMEOUT) == {
+        "nothing": QueueLoad(0, None, 0, AMQP)
+    }
+    assert time.monotonic() - started < TIMEOUT  # no sleep between the hosts
 
 
 def test_a_user_without_access_to_the_vhost_is_refused_not_counted_as_empty(

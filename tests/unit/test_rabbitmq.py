@@ -29,16 +29,17 @@ from celery_operator.rabbitmq import (
 PASSWORD = "s3cr/et@pa:ss#word"
 USER = "celery-operator"
 
-# A worker (concurrency 1, prefetch multiplier 4) holding 4 of 10 tasks of each queue: what
-# 3.10 answers without statistics (``disable_stats=true&enable_queue_totals=true``).
-WORKER_HOLDING = json.dumps(
-    [
-        {"messages_ready": 6, "messages_unacknowledged": 4, "name": "plain"},
-        {"messages_ready": 6, "messages_unacknowledged": 4, "name": "prio"},
-        {"messages_ready": 6, "messages_unacknowledged": 4, "name": "qq"},
-        {"messages_ready": 0, "messages_unacknowledged": 0, "name": "other"},
-    ]
-).encode()
+# A worker (concurrency 1, prefetch multiplier 4) holding 4 of 10 tasks of the quorum queue
+# "qq" (Celery 5.7 then adds 28 quorum queues for native delayed delivery), as 3.10 answers
+# without statistics (``disable_stats=true&enable_queue_totals=true``), shortened.
+WORKER_HOLDING = (
+    b'[{"messages_ready":0,"messages_unacknowledged":0,"name":"celery_delayed_0"},'
+    b'{"messages_ready":0,"messages_unacknowledged":0,"name":"celeryev.01f0be7b-0bb0-48f9-8ffe-9049cc23c558"},'
+    b'{"messages_ready":6,"messages_unacknowledged":4,"name":"plain"},'
+    b'{"messages_ready":6,"messages_unacknowledged":4,"name":"prio"},'
+    b'{"messages_ready":0,"messages_unacknowledged":0,"name":"q@x.celery.pidbox"},'
+    b'{"messages_ready":6,"messages_unacknowledged":4,"name":"qq"}]'
+)
 # The statistics database's answer (no ``disable_stats``): consumers, and a queue declared
 # since its last sample listed without counts.
 WITH_STATISTICS = json.dumps(
@@ -373,6 +374,7 @@ class FailingConnection:
     def __init__(self, url: str, **kwargs: Any) -> None:
         self.url = url
         self.released = False
+        self.retries: int | None = None
         self.connection_errors = (ConnectionError,)
         self.channel_errors = (LookupError,)
         FailingConnection.made.append(self)
@@ -380,6 +382,7 @@ class FailingConnection:
     made: ClassVar[list[FailingConnection]] = []
 
     def ensure_connection(self, max_retries: int, timeout: float) -> None:
+        self.retries = max_retries
         raise ConnectionError(f"[Errno 111] connecting to {self.url} refused")
 
     def release(self) -> None:
@@ -399,6 +402,16 @@ def test_amqp_errors_are_broker_unavailable_and_redacted(
     )
     assert raised.value.__cause__ is None
     assert [c.released for c in FailingConnection.made] == [True]
+
+
+def test_each_host_of_a_failover_list_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rabbitmq, "Connection", FailingConnection)
+    monkeypatch.setattr(FailingConnection, "made", [])
+    second = AMQP_URL.replace("@rabbit:", "@rabbit-2:")
+    with pytest.raises(BrokerUnavailable):
+        rabbitmq.read_amqp(f"{AMQP_URL};{second}", ["celery"], timeout=2)
+    # kombu's retries switch to the next host, and sleep only after a whole round.
+    assert [c.retries for c in FailingConnection.made] == [1]
 
 
 @pytest.mark.parametrize("url", ["redis://rabbit:6379/0", "sqs://rabbit"])
