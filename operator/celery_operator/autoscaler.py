@@ -7,8 +7,8 @@ I/O) and decides, in the cluster's own reconcile loop, so it never races the rec
 the same Deployments. A cluster whose autoscaled pools are all at zero with nothing waiting is
 not polled at all until the broker wakes it. What the workers hold (``active`` and
 ``reserved``, addressed to the pool's pods through the shared broker) is asked in the background
-every ``TASKS_REFRESH``, so a silent worker never delays a poll; a scale-down waits for an
-answer that is at most ``TASKS_FRESH`` old.
+every ``TASKS_REFRESH`` (less often while no decision can depend on it), so a silent worker
+never delays a poll; a scale-down waits for an answer that is at most ``TASKS_FRESH`` old.
 
 Before a scale-down the pool's pods get a ``pod-deletion-cost`` from the tasks they hold, and the
 replica count is written one poll later, once the ReplicaSet controller can see the costs: the
@@ -42,6 +42,12 @@ TASKS_REFRESH: Final = timedelta(seconds=2)
 """How often the workers are asked what they hold, while any pool autoscales."""
 TASKS_FRESH: Final = timedelta(seconds=6)
 """An answer older than this counts as unknown: the pool does not scale down on it."""
+QUIET_TASKS_REFRESH: Final = timedelta(seconds=10)
+QUIET_TASKS_FRESH: Final = timedelta(seconds=30)
+"""While every autoscaled pool of a cluster is quiet (see :func:`_quiet`) its workers are asked
+every 10 s, not 2 s, and an answer stays good for 30 s: no decision can depend on it then, and
+status and metrics still show what the workers hold. Measured: 20 clusters of 5 workers at
+their minimum spent most of the operator's CPU (about 12 % of a core) asking every 2 s."""
 
 BACKLOG_FRESH_POLLS: Final = 3
 """A shared backlog reading older than this many poll intervals (at least 3 s) counts as
@@ -216,12 +222,16 @@ class Autoscaler:
         due = [p for p in pools if woken or cluster.pools[p.name].due <= now]
         if not due:
             return
-        self._ask_workers(key, cluster, target, now)
         backlog = self._backlog(target, due)
+        quiet = backlog is not None and all(
+            _quiet(p, cluster.pools[p.name].replicas, backlog) for p in pools
+        )
+        self._ask_workers(key, cluster, target, now, QUIET_TASKS_REFRESH if quiet else None)
+        fresh_for = QUIET_TASKS_FRESH if quiet else TASKS_FRESH
         for pool in due:
             memory = cluster.pools[pool.name]
             memory.due = now + timedelta(seconds=pool.autoscaling.poll_interval_seconds)
-            load = pool_load(pool, memory.replicas, backlog, cluster.reading, now)
+            load = pool_load(pool, memory.replicas, backlog, cluster.reading, now, fresh_for)
             self._step(key, cluster, target, pool, load, now)
 
     def _step(
@@ -302,9 +312,15 @@ class Autoscaler:
     # --- what the workers hold, asked in the background ------------------------------------
 
     def _ask_workers(
-        self, key: ClusterKey, cluster: _Cluster, target: Target, now: datetime
+        self,
+        key: ClusterKey,
+        cluster: _Cluster,
+        target: Target,
+        now: datetime,
+        refresh: timedelta | None = None,
     ) -> None:
-        """Take in the last answer when it is in, and ask again when it has aged."""
+        """Take in the last answer when it is in, and ask again when it is ``refresh`` old
+        (``TASKS_REFRESH`` unless said otherwise)."""
         if cluster.asking is not None and cluster.asking.done():
             try:
                 cluster.reading = cluster.asking.result()
@@ -314,7 +330,8 @@ class Autoscaler:
             cluster.asking = None
             known = set(cluster.reading.pods)
             cluster.costs = {p: c for p, c in cluster.costs.items() if p in known}
-        fresh = cluster.reading is not None and now - cluster.reading.at < TASKS_REFRESH
+        every = TASKS_REFRESH if refresh is None else refresh
+        fresh = cluster.reading is not None and now - cluster.reading.at < every
         idle = all(p.replicas == 0 for p in cluster.pools.values())  # nobody to ask
         if cluster.asking is None and not fresh and not idle:
             cluster.asking = self._executor.submit(self._read_tasks, key, target, now)
@@ -353,6 +370,18 @@ class Autoscaler:
             return self._clusters.setdefault(key, _Cluster())
 
 
+def _quiet(pool: WorkerPool, replicas: int, backlog: Mapping[str, int]) -> bool:
+    """Whether what the workers hold can change no decision for ``pool``: it is at its minimum
+    (so it cannot scale down), nothing waits, and one task per slot or more is its target (so
+    running tasks alone can never ask for more workers than run them)."""
+    policy = pool.autoscaling
+    return (
+        replicas <= policy.min_replicas
+        and sum(backlog.get(q, 0) for q in pool.queues) == 0
+        and policy.target_tasks_per_slot >= 1
+    )
+
+
 def _idle_at_zero(pool: _Pool) -> bool:
     """At zero, decided to stay there, and nothing waited at the last poll."""
     return (
@@ -370,15 +399,16 @@ def pool_load(
     backlog: Mapping[str, int] | None,
     reading: TaskReading | None,
     now: datetime,
+    fresh_for: timedelta = TASKS_FRESH,
 ) -> scaling.Load:
     """A pool's load from the last backlog read and the last answer of its workers.
 
     A ready worker that did not answer counts as busy (a solo pool cannot answer while it runs
-    a task); one not ready yet holds nothing. An answer older than ``TASKS_FRESH``, or none,
+    a task); one not ready yet holds nothing. An answer older than ``fresh_for``, or none,
     leaves the running tasks unknown, unless the pool has no replicas to hold any.
     """
     waiting = None if backlog is None else sum(backlog.get(q, 0) for q in pool.queues)
-    if reading is None or reading.error is not None or now - reading.at > TASKS_FRESH:
+    if reading is None or reading.error is not None or now - reading.at > fresh_for:
         # Nothing known of the workers' tasks, unless there are no workers to hold any.
         return scaling.Load(backlog=waiting, running=0 if replicas == 0 else None)
     pods = [p for p in reading.pods.values() if p.pool == pool.name]

@@ -191,6 +191,7 @@ class ScriptedBroker:
     subscribed: set[ClusterKey] = field(default_factory=set)
     claimed: dict[ClusterKey, set[str]] = field(default_factory=dict)
     census_calls: list[list[str]] = field(default_factory=list)
+    tasks_calls: list[list[str]] = field(default_factory=list)
     released: list[ClusterKey] = field(default_factory=list)
     closed: bool = False
     clock: Callable[[], float] = field(default=lambda: 0.0)
@@ -236,6 +237,7 @@ class ScriptedBroker:
         return {node: Reply(processed=1, slots=2) for node in nodes}
 
     def tasks_in_hand(self, nodes: Sequence[str]) -> Mapping[str, tuple[int, int]]:
+        self.tasks_calls.append(list(nodes))
         return dict.fromkeys(nodes, (0, 0))
 
     def subscribe_events(self, cluster: ClusterKey, pool_of_queue: Mapping[str, str]) -> None:

@@ -271,3 +271,37 @@ def test_kinds_that_cannot_exist_are_not_listed_but_leftovers_are_found(op: Oper
     op.kube.listed.clear()
     fresh.reconcile(NS, "demo")
     assert sorted(op.kube.listed) == ["Deployment", "Service", "StatefulSet"]
+
+
+def test_workers_are_asked_less_often_while_no_decision_can_depend_on_it(op: Operator) -> None:
+    spec = _spec()
+    spec["workers"] = [
+        {"name": "slow", "queues": ["slow"], "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}
+    ]
+    spec["beat"] = {"enabled": False}
+    spec["flower"] = {"enabled": False}
+    op.add("demo", spec)
+    for i in range(2):
+        op.kube.add_pod(NS, f"demo-worker-slow-abc-{i}", worker_labels("demo", "slow"))
+    op.reconciler.reconcile(NS, "demo")
+    [shared] = op.scripted.made
+
+    def run(seconds: int) -> int:
+        """Poll once a second for ``seconds``; how many times the workers were asked."""
+        before = len(shared.tasks_calls)
+        for _ in range(seconds):
+            op.reconciler.autoscale(NS, "demo")
+            asking = op.autoscaler._clusters[(NS, "demo")].asking
+            if asking is not None:
+                asking.result(timeout=5)
+            op.clock.advance(1)
+        return len(shared.tasks_calls) - before
+
+    # At its minimum with nothing waiting: every 10 s, and what they hold stays known.
+    assert run(30) == 3
+    pools = op.autoscaler.report((NS, "demo"))
+    assert pools[0].load is not None
+    assert pools[0].load.running == 0
+    # Work waits: the answer matters for the decision again, every 2 s.
+    shared.waiting["slow"] = 3
+    assert run(10) == 5
