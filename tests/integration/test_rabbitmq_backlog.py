@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,13 +44,37 @@ LONG: Final = 300.0
 SENT: Final = 10
 TIMEOUT: Final = 2.0
 
-KINDS: Final[Mapping[str, Mapping[str, object]]] = {
-    "plain": {},
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of queue, the Celery settings that make it, and what a worker with one pool slot
+    and a prefetch multiplier of 4 leaves of SENT long tasks: (ready, unacknowledged)."""
+
+    settings: Mapping[str, object]
+    queue_type: str
+    arguments: Mapping[str, object]
+    counts: tuple[int, int]
+
+
+# Late acks (the demo app's): the worker holds 4 unacknowledged messages, the running one among
+# them, and 6 stay ready.
+KINDS: Final[Mapping[str, Kind]] = {
+    "plain": Kind({}, "classic", {}, (6, 4)),
     # Celery declares every queue with x-max-priority; kombu sends with the message priority.
-    "priority": {"task_queue_max_priority": 10, "task_default_priority": 5},
+    "priority": Kind(
+        {"task_queue_max_priority": 10, "task_default_priority": 5},
+        "classic",
+        {"x-max-priority": 10},
+        (6, 4),
+    ),
     # Celery 5.5+: the default queue is declared as a quorum queue; the worker sees it
     # (worker_detect_quorum_queues, on by default) and turns global QoS off.
-    "quorum": {"task_default_queue_type": "quorum"},
+    "quorum": Kind(
+        {"task_default_queue_type": "quorum"}, "quorum", {"x-queue-type": "quorum"}, (6, 4)
+    ),
+    # Celery's default, early acks: the running task is acknowledged when it starts and leaves
+    # the queue's counts; 4 more are prefetched. Unacked counts only prefetched tasks then.
+    "early acks": Kind({"task_acks_late": False}, "classic", {}, (5, 4)),
 }
 
 
@@ -133,17 +158,16 @@ def agreeing(
 # --- counts ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("name", list(KINDS))
 def test_counts_equal_rabbitmqctl_while_a_worker_holds_prefetched_tasks(
-    rabbit: RabbitServer, api: ManagementApi, worker: WorkerStarter, kind: str
+    rabbit: RabbitServer, api: ManagementApi, worker: WorkerStarter, name: str
 ) -> None:
-    queue = unique(kind)
-    settings = {"task_default_queue": queue, **KINDS[kind]}
-    # One pool slot and a prefetch multiplier of 4: the worker takes 4 messages (late acks,
-    # so the running one is unacknowledged too) and 6 stay ready in the queue.
+    kind = KINDS[name]
+    queue = unique(name.replace(" ", "-"))
+    settings = {"task_default_queue": queue, **kind.settings}
     held = worker(
         "-Q", queue, "-c", "1", "--prefetch-multiplier", "4", "-P", "prefork",
-        name=kind, settings=settings,
+        name=queue, settings=settings,
     )  # fmt: skip
     app = producer(rabbit.amqp_url(), settings)
     for i in range(SENT):
@@ -154,36 +178,28 @@ def test_counts_equal_rabbitmqctl_while_a_worker_holds_prefetched_tasks(
         agreeing(
             lambda: rabbitmq.read_management(api, "/", [queue], timeout=TIMEOUT)[queue],
             lambda: rabbit.list_queues("/").get(queue),
-            expected=(6, 4),
+            expected=kind.counts,
         ),
         timeout=30,
         interval=0.2,
-        message=f"{kind}: our counts and rabbitmqctl's never agreed on 6 ready + 4 unacked "
+        message=f"{name}: our counts and rabbitmqctl's never agreed on {kind.counts} "
         f"({rabbit.list_queues('/').get(queue)}):\n{held.log_tail()}",
     )
-    assert load == QueueLoad(waiting=6, in_flight=4, consumers=None, source=MANAGEMENT)
-    assert row == (6, 4, 1)
+    ready, unacked = kind.counts
+    assert load == QueueLoad(waiting=ready, in_flight=unacked, consumers=None, source=MANAGEMENT)
+    assert row == (ready, unacked, 1)
     # The fallback sees the same ready messages and the consumer, and says it cannot see the
     # unacknowledged ones.
     assert rabbitmq.read_amqp(rabbit.amqp_url(), [queue], timeout=TIMEOUT) == {
-        queue: QueueLoad(waiting=6, in_flight=None, consumers=1, source=AMQP)
+        queue: QueueLoad(waiting=ready, in_flight=None, consumers=1, source=AMQP)
     }
     # What Celery declared is what the kind says.
-    declared = {q["name"]: q for q in rabbit.queue_info("name", "type", "arguments", "durable")}[
-        queue
-    ]
-    expected_type = "quorum" if kind == "quorum" else "classic"
-    assert (declared["type"], declared["durable"]) == (expected_type, True)
-    arguments = {name: value for name, _, value in declared["arguments"]}  # (name, type, value)
-    assert (
-        arguments
-        == {
-            "plain": {},
-            "priority": {"x-max-priority": 10},
-            "quorum": {"x-queue-type": "quorum"},
-        }[kind]
-    )
-    if kind == "quorum":
+    rows = rabbit.queue_info("name", "type", "arguments", "durable")
+    declared = next(r for r in rows if r["name"] == queue)
+    assert (declared["type"], declared["durable"]) == (kind.queue_type, True)
+    arguments = {key: value for key, _, value in declared["arguments"]}  # (name, type, value)
+    assert arguments == kind.arguments
+    if kind.queue_type == "quorum":
         assert "Global QoS is disabled" in held.log_tail(400)
 
 
