@@ -108,8 +108,7 @@ class ClusterLoops:
         while True:
             await asyncio.sleep(self._debounce)
             loop.wake.clear()
-            loop.nudged = False
-            loop.signal.clear()
+            loop.signal.clear()  # a nudge stays pending: the poll it asks for runs after this
             delay = self._interval
             poll_in: float | None = None
             started = time.monotonic()
@@ -154,8 +153,9 @@ class ClusterLoops:
         while True:
             left = deadline - asyncio.get_running_loop().time()
             timeout = left if poll_in is None else min(left, poll_in)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(loop.signal.wait(), timeout=max(timeout, 0.0))
+            if not loop.nudged:  # a nudge that came during the reconcile is not lost
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(loop.signal.wait(), timeout=max(timeout, 0.0))
             if loop.wake.is_set():
                 return
             nudged, loop.nudged = loop.nudged, False

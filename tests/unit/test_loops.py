@@ -181,3 +181,25 @@ def test_a_released_cluster_gets_no_series_back() -> None:
 
     asyncio.run(scenario())
     assert labelled() == 0
+
+
+def test_a_nudge_before_a_reconcile_is_not_lost() -> None:
+    """The broker wakes a cluster idling at zero once per change: a nudge that lands while the
+    loop debounces (or reconciles) must still make the poll run right after the reconcile."""
+    polls: list[str] = []
+
+    async def scenario() -> None:
+        loops = ClusterLoops(
+            lambda ns, n: Outcome(found=True, poll_in=None),  # idle at zero: only a nudge polls
+            interval=60,
+            debounce=0.1,
+            poll=lambda ns, n: polls.append(n) or Outcome(found=True),  # type: ignore[func-returns-value]
+        )
+        loops.poke(("ns", "a"), create=True)
+        await asyncio.sleep(0.02)
+        loops.nudge(("ns", "a"))  # lands during the debounce
+        await _until(lambda: len(polls) == 1, timeout=3)
+        await loops.stop()
+
+    asyncio.run(scenario())
+    assert polls == ["a"]
