@@ -203,6 +203,14 @@ class Autoscaler:
         if cluster is None or cluster.target is None or not cluster.pools:
             return None
         if all(_idle_at_zero(p) for p in cluster.pools.values()):
+            # The broker wakes the loop when a message comes; should that wake ever be lost,
+            # its last reading (no I/O) still says so at the next reconcile.
+            reading = cluster.target.broker.backlog()
+            queues = {q for p in cluster.target.spec.workers if p.name in cluster.pools
+                      for q in p.queues}  # fmt: skip
+            counts = reading.counts if reading is not None else None
+            if counts and any(counts.get(q, 0) for q in queues):
+                return 0.0
             return None
         now = self.clock()
         return max(0.0, min((p.due - now).total_seconds() for p in cluster.pools.values()))

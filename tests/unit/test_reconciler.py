@@ -227,6 +227,8 @@ def test_an_idle_pool_at_zero_is_not_polled_until_its_broker_wakes_it(op: Operat
     assert op.reconciler.reconcile(NS, "demo").poll_in is None  # quiet: nothing to poll
     [shared] = op.scripted.made
     shared.waiting["slow"] = 4
+    # Were the broker's wake lost, the next reconcile still sees its reading: poll at once.
+    assert op.reconciler.reconcile(NS, "demo").poll_in == 0.0
     shared.wakes[(NS, "demo")]()  # what the broker's poller does when a count changes
     assert op.woken == [(NS, "demo")]
     polled = op.reconciler.autoscale(NS, "demo")
