@@ -34,11 +34,11 @@ import sys
 import time
 from base64 import b64encode
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from tests.integration.certs import make_certificates
 from tests.integration.procs import (
     APP_DIR,
     HOST,
@@ -85,15 +85,6 @@ environment; they must be set before the worker builds its queues, hence an app 
 own instead of ``--include``."""
 
 
-@dataclass(frozen=True)
-class Tls:
-    """The CA and the server's certificate (for 127.0.0.1) that it signed."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
 class RabbitServer:
     """A private RabbitMQ node (see the module docstring).
 
@@ -121,7 +112,7 @@ class RabbitServer:
         """``HOME`` of the node and of rabbitmqctl: where both find the cookie."""
         self.log = workdir / "server.log"
         self.node_log = workdir / "log" / f"{self.node}.log"
-        self.tls = _make_certificates(workdir / "tls") if tls else None
+        self.tls = make_certificates(workdir / "tls", "rabbitmq") if tls else None
         self.start_seconds: float | None = None
         """How long the last start took, to the management API answering."""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -417,27 +408,6 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
-
-
-def _make_certificates(out: Path) -> Tls:
-    """A CA and a server certificate for 127.0.0.1 that it signed (openssl, a day's life)."""
-    out.mkdir(parents=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=out, check=True, capture_output=True)
-
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-            "-subj", "/CN=rabbitmq-test-ca")  # fmt: skip
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=rabbitmq")
-    (out / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext",
-    )  # fmt: skip
-    for key in ("ca.key", "server.key"):
-        (out / key).chmod(0o644)  # the node runs as whoever runs the tests
-    return Tls(out / "ca.crt", out / "server.crt", out / "server.key")
 
 
 # --- demo-app workers on RabbitMQ ------------------------------------------------------------

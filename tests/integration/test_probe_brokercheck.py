@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from celery_probes import brokercheck as bc
+from tests.integration.certs import make_certificates
 from tests.integration.procs import HOST, free_port, log_tail, stop_process, wait_for
 
 USER: Final = "celery-app"
@@ -69,23 +70,8 @@ def secured(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
-    """A CA and a server certificate for 127.0.0.1 that it signed (openssl, a minute's life)."""
-    out = tmp_path / "tls"
-    out.mkdir()
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=out, check=True, capture_output=True)
-
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-            "-subj", "/CN=probe-test-ca")  # fmt: skip
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=redis")
-    (out / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext",
-    )  # fmt: skip
-    return out
+    """A CA and a server certificate for 127.0.0.1 that it signed, in one directory."""
+    return make_certificates(tmp_path / "tls", "redis").ca_file.parent
 
 
 @pytest.fixture
