@@ -88,6 +88,13 @@ def test_one_receiver_counts_each_event_for_its_own_cluster_only(
     stream.subscribe(b, {"qb": "b"})
     try:
         wait_for(lambda: stream.connected, timeout=10, message="the receiver never connected")
+        # "connected" comes before the receiver has subscribed: events sent before that are
+        # lost to it. A heartbeat from each worker proves the subscription is live.
+        wait_for(
+            lambda: stream.online(a).get("a") == 1 and stream.online(b).get("b") == 1,
+            timeout=15,
+            message="no heartbeat from the clusters' workers",
+        )
         producer = client_app(redis_server.url)
         sent = {
             queue: [
