@@ -46,6 +46,24 @@ BEAT_MAX_INTERVAL_SECONDS: Final = 10
 """Beat wakes at least this often, so a stalled beat is caught within this plus the probe's grace,
 not after the scheduler's own 300 s maximum sleep. A tick that finds nothing due costs little."""
 
+IMAGE_USER: Final = 10001
+"""The worker image's non-root user and group (images/worker): what pods run as by default."""
+RESTRICTED_POD_SECURITY: Final[Mapping[str, Json]] = {
+    "runAsNonRoot": True,
+    "runAsUser": IMAGE_USER,
+    "runAsGroup": IMAGE_USER,
+    # Volumes a pod writes (beat's schedule on a claim) become writable by that group.
+    "fsGroup": IMAGE_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""The pod securityContext when the spec gives none: with ``RESTRICTED_CONTAINER_SECURITY``, it
+meets the ``restricted`` Pod Security Standard. A spec's own securityContext replaces it whole."""
+RESTRICTED_CONTAINER_SECURITY: Final[Mapping[str, Json]] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""The container securityContext when the spec gives none (replaced whole by the spec's)."""
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -330,6 +348,12 @@ def prune(value: Any) -> Any:
     return value
 
 
+def _json_copy(value: Mapping[str, Json]) -> dict[str, Any]:
+    """A plain deep copy: built objects never share (and so never mutate) a constant."""
+    copied: dict[str, Any] = json.loads(json.dumps(value))
+    return copied
+
+
 def _metadata(owner: Owner, name: str, selector: Mapping[str, str]) -> dict[str, Any]:
     return {
         "name": name,
@@ -370,8 +394,14 @@ def _pod_template(
             # Under host networking pods still resolve cluster names through the cluster DNS.
             "dnsPolicy": "ClusterFirstWithHostNet" if pod.host_network else None,
             "serviceAccountName": pod.service_account_name,
+            # Celery never calls the Kubernetes API: no token unless the spec asks for one.
+            "automountServiceAccountToken": bool(pod.automount_service_account_token),
             "priorityClassName": pod.priority_class_name,
-            "securityContext": pod.security_context,
+            "securityContext": _json_copy(
+                pod.security_context
+                if pod.security_context is not None
+                else RESTRICTED_POD_SECURITY
+            ),
             "nodeSelector": dict(placement.node_selector),
             "tolerations": list(placement.tolerations),
             "affinity": placement.affinity,
@@ -400,7 +430,11 @@ def _container(
         "env": _merged_env([*_operator_env(spec), *extra_env], [*spec.env], [*placement.env]),
         "envFrom": [*spec.env_from, *placement.env_from],
         "resources": dict(placement.resources),
-        "securityContext": pod.container_security_context,
+        "securityContext": _json_copy(
+            pod.container_security_context
+            if pod.container_security_context is not None
+            else RESTRICTED_CONTAINER_SECURITY
+        ),
         "volumeMounts": [*pod.volume_mounts, *extra_mounts],
     }
 

@@ -100,6 +100,8 @@ class PodOverrides:
     security_context: Mapping[str, Json] | None = None
     container_security_context: Mapping[str, Json] | None = None
     service_account_name: str | None = None
+    automount_service_account_token: bool | None = None
+    """None: no token in the pods (the default: Celery never calls the Kubernetes API)."""
     priority_class_name: str | None = None
     host_network: bool | None = None
     volumes: tuple[Mapping[str, Json], ...] = ()
@@ -115,6 +117,9 @@ class PodOverrides:
                 self.container_security_context, base.container_security_context
             ),
             service_account_name=_first(self.service_account_name, base.service_account_name),
+            automount_service_account_token=_first(
+                self.automount_service_account_token, base.automount_service_account_token
+            ),
             priority_class_name=_first(self.priority_class_name, base.priority_class_name),
             host_network=_first(self.host_network, base.host_network),
             volumes=_merge_named(base.volumes, self.volumes),
@@ -580,6 +585,7 @@ def _parse_pod(r: _Reader) -> PodOverrides:
         security_context=r.object("securityContext").raw or None,
         container_security_context=r.object("containerSecurityContext").raw or None,
         service_account_name=r.optional_string("serviceAccountName"),
+        automount_service_account_token=r.optional_boolean("automountServiceAccountToken"),
         priority_class_name=r.optional_string("priorityClassName"),
         host_network=r.optional_boolean("hostNetwork"),
         volumes=tuple(_named(v, "name") for v in r.objects("volumes")),

@@ -294,3 +294,112 @@ def test_no_flower_unless_enabled() -> None:
     children = builders.desired_children(OWNER, parse_cluster("demo", full_spec()))
     assert not any(naming.FLOWER in o["metadata"]["name"] for o in children)
     assert not any(o["kind"] == "Service" for o in children)
+
+
+# --- Pod Security: the restricted standard by default --------------------------------------------
+
+_RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+
+
+def _restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What the ``restricted`` Pod Security Standard (Kubernetes 1.33) refuses in a pod spec,
+    checked the way the admission controller does: a container's own securityContext first,
+    then the pod's."""
+    found = []
+    pod_security = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            found.append(flag)
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for container in pod["containers"]:
+        own = container.get("securityContext") or {}
+        name = container["name"]
+
+        def setting(key: str, own: dict[str, Any] = own) -> Any:
+            return own[key] if key in own else pod_security.get(key)
+
+        if own.get("privileged"):
+            found.append(f"{name}: privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation not false")
+        capabilities = own.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if setting("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot not true")
+        if setting("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = (setting("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile {seccomp}")
+        if any("hostPort" in port for port in container.get("ports") or []):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+def _pods(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    objs = builders.desired_children(OWNER, parse_cluster("demo", spec))
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]
+        for o in objs
+        if o["kind"] in ("Deployment", "StatefulSet")
+    }
+
+
+def test_every_pod_meets_the_restricted_standard_without_a_security_context_in_the_spec() -> None:
+    spec = with_changes(minimal_spec(), "flower", FLOWER)
+    spec["workers"].append({"name": "reports", "queues": ["reports"]})
+    spec["beat"] = {"persistence": {"type": "persistentVolumeClaim"}}
+    pods = _pods(spec)
+    assert set(pods) == {"demo-worker-default", "demo-worker-reports", "demo-beat", "demo-flower"}
+    for name, pod in pods.items():
+        assert _restricted_violations(pod) == [], name
+        assert pod["securityContext"]["runAsUser"] == builders.IMAGE_USER  # the image's user
+        assert pod["automountServiceAccountToken"] is False, name  # Celery needs no token
+
+
+def test_the_restricted_check_catches_what_admission_would_refuse() -> None:
+    """The check above can fail: host networking (this project's local cluster) is refused."""
+    pod = _pods(full_spec())["demo-worker-default"]
+    assert _restricted_violations(pod) == ["hostNetwork"]
+    pod["securityContext"] = {"runAsUser": 0}
+    pod["containers"][0]["securityContext"] = {"capabilities": {"add": ["SYS_ADMIN"]}}
+    assert _restricted_violations(pod) == [
+        "hostNetwork",
+        "worker: allowPrivilegeEscalation not false",
+        "worker: capabilities not dropped",
+        "worker: capabilities added",
+        "worker: runAsNonRoot not true",
+        "worker: runAsUser 0",
+        "worker: seccompProfile None",
+    ]
+
+
+def test_a_spec_s_own_security_context_replaces_the_default_whole() -> None:
+    spec = with_changes(
+        minimal_spec(),
+        "podTemplate",
+        {
+            "securityContext": {"runAsUser": 0},
+            "containerSecurityContext": {"readOnlyRootFilesystem": True},
+            "serviceAccountName": "celery-app",
+            "automountServiceAccountToken": True,
+        },
+    )
+    pod = _pods(spec)["demo-worker-default"]
+    assert pod["securityContext"] == {"runAsUser": 0}
+    assert pod["containers"][0]["securityContext"] == {"readOnlyRootFilesystem": True}
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("celery-app", True)
+    # A pool's own podTemplate wins over the cluster's, field by field.
+    pool = {"name": "default", "podTemplate": {"automountServiceAccountToken": False}}
+    pod = _pods(with_changes(spec, "workers", [pool]))["demo-worker-default"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"runAsUser": 0}

@@ -30,7 +30,8 @@ def _as_served(obj: dict[str, Any]) -> dict[str, Any]:
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
     pod = spec["template"]["spec"]
-    pod.update(restartPolicy="Always", schedulerName="default-scheduler", securityContext={})
+    pod.update(restartPolicy="Always", schedulerName="default-scheduler")
+    pod.setdefault("securityContext", {})
     pod.pop("hostNetwork", None) if pod.get("hostNetwork") is False else None
     for container in pod["containers"]:
         container.update(terminationMessagePath="/dev/termination-log")
