@@ -48,18 +48,24 @@ EOF
   write_cni_config
 }
 
-# Pods use hostNetwork. The runtime still wants one CNI network to report NetworkReady, and a pod
-# without hostNetwork gets an isolated namespace with only lo: Debian's `loopback` plugin (which
-# containerd always runs) and a loopback-type plugin of our own (cluster/cni) that only reports
-# 127.0.0.1, because containerd 1.6 fails a sandbox whose network gives no address ("failed to
-# find network info for sandbox"). The bin dir holds just these two: no bridge, no route.
+# Pods without hostNetwork join the bridge network (lib.sh: pod_bridge, pod_cidr): Debian's
+# containernetworking-plugins `bridge` makes a veth pair per pod, `host-local` hands out addresses
+# and keeps its leases under the state dir, and `loopback` (which containerd always runs) brings up
+# lo. No masquerade and no default route: a pod reaches the other pods and the host's
+# pod_gateway, and nothing else ("network unreachable"). The bin dir holds just these three.
 write_cni_config() {
-  mkdir -p "$state_dir/cni-bin"
-  ln -sf /usr/lib/cni/loopback "$cluster_src/cni/celery-operator-loopback" "$state_dir/cni-bin/"
-  cat > "$state_dir/cni/10-loopback.conflist" <<'EOF'
-{"cniVersion": "0.4.0", "name": "celery-operator-loopback",
- "plugins": [{"type": "celery-operator-loopback"}]}
+  mkdir -p "$state_dir/cni-bin" "$state_dir/cni"
+  ln -sf /usr/lib/cni/loopback /usr/lib/cni/bridge /usr/lib/cni/host-local "$state_dir/cni-bin/"
+  rm -f "$state_dir/cni/10-loopback.conflist" "$state_dir/cni-bin/celery-operator-loopback"
+  cat > "$state_dir/cni/10-pods.conflist.tmp" <<EOF
+{"cniVersion": "0.4.0", "name": "celery-operator-pods",
+ "plugins": [{"type": "bridge", "bridge": "$pod_bridge", "isGateway": true, "ipMasq": false,
+              "hairpinMode": true,
+              "ipam": {"type": "host-local", "dataDir": "$state_dir/cni-ipam",
+                       "ranges": [[{"subnet": "$pod_cidr", "gateway": "$pod_gateway"}]],
+                       "routes": [{"dst": "$pod_routes"}]}}]}
 EOF
+  mv "$state_dir/cni/10-pods.conflist.tmp" "$state_dir/cni/10-pods.conflist"
 }
 
 write_kubelet_config() {

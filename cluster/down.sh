@@ -78,6 +78,7 @@ unmount_state() {
 restore_host_settings() {
   [ -f "$state_dir/sysctl.saved" ] && sysctl -q -p "$state_dir/sysctl.saved" >/dev/null 2>&1 || true
   ip route del blackhole "$service_cidr" 2>/dev/null || true
+  ip link del "$pod_bridge" 2>/dev/null || true
 }
 
 # A killed shim leaves its socket in /run/containerd/s; each task dir names its shim's socket.

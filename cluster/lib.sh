@@ -30,6 +30,14 @@ node_label=celeryoperator.dev/local-cluster=true
 # range, and up.sh blackholes it so a stray ClusterIP connection never leaves the machine.
 service_cidr=198.18.0.0/24
 service_ip=198.18.0.1
+# The pod network: one Linux bridge on this machine, every pod without hostNetwork on it with an
+# address from pod_cidr (the same benchmark space). The host holds pod_gateway on the bridge, so
+# it reaches the pods and they reach it; the pods' only route is the benchmark range, so nothing
+# they send can leave the machine.
+pod_bridge=celeryop0
+pod_cidr=198.18.1.0/24
+pod_gateway=198.18.1.1
+pod_routes=198.18.0.0/15
 cgroup_parent=celery-operator  # the kubelet's cgroup root: every pod lives under it,
 shim_cgroup=$cgroup_parent/shims  # and containerd's shims beside them, so down.sh finds them all
 

@@ -94,6 +94,14 @@ save_host_settings() {
 
 blackhole_service_range() { ip route replace blackhole "$service_cidr"; }
 
+# The pods' bridge with the host's address on it, made before the first pod (the bridge plugin
+# would make it then) so that a broker on this machine can listen on pod_gateway from the start.
+make_pod_bridge() {
+  ip link show "$pod_bridge" >/dev/null 2>&1 || ip link add "$pod_bridge" type bridge
+  ip addr replace "$pod_gateway/${pod_cidr#*/}" dev "$pod_bridge"
+  ip link set "$pod_bridge" up
+}
+
 prepare_state() {
   mkdir -p "$state_dir" "$run_dir" "$log_dir"
   save_host_settings
@@ -103,6 +111,7 @@ prepare_state() {
   write_kubelet_config
   make_cgroups
   blackhole_service_range
+  make_pod_bridge
 }
 
 kubectl() { "$k8s" kubectl --kubeconfig="$kubeconfig" "$@"; }
@@ -156,6 +165,10 @@ main() {
   take_lock
   if cluster_healthy; then
     log "reusing the running cluster in $state_dir"
+    # A cluster started by an older checkout gets this one's pod network (containerd rereads
+    # its CNI directory; pods already running keep the network they started with).
+    make_pod_bridge
+    write_cni_config
     "$cluster_src/image.sh" import
   else
     if [ -d "$state_dir" ]; then

@@ -19,6 +19,7 @@ from tests.e2e.kube import pod_ready, process_start_time, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CGROUP_PARENT = "celery-operator"  # cluster/lib.sh: the kubelet's cgroup root
+POD_BRIDGE = Path("/sys/class/net/celeryop0")  # cluster/lib.sh: pod_bridge
 
 
 def recorded_processes(state_dir: Path) -> dict[int, str | None]:
@@ -58,17 +59,21 @@ def run_a_pod_with_a_volume(api: client.ApiClient, image: str) -> None:
     namespace = f"e2e-cluster-down-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     container = client.V1Container(name="main", image=image, command=["sleep", "infinity"])
-    pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="sleeper"),
-        spec=client.V1PodSpec(containers=[container], host_network=True),
-    )
+    for name, host_network in (("sleeper", True), ("bridged", False)):  # and one on the bridge
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PodSpec(containers=[container], host_network=host_network),
+        )
 
-    def created() -> bool:  # the namespace's default service account comes a moment later
-        core.create_namespaced_pod(namespace, pod)
-        return True
+        def created(pod: client.V1Pod = pod) -> bool:  # the default service account comes late
+            core.create_namespaced_pod(namespace, pod)
+            return True
 
-    wait_for(created, timeout=30, message="pod created")
-    wait_for(lambda: pod_ready(api, namespace, "sleeper"), timeout=60, message="sleeper ready")
+        def ready(name: str = name) -> bool:
+            return pod_ready(api, namespace, name)
+
+        wait_for(created, timeout=30, message="pod created")
+        wait_for(ready, timeout=60, message=f"{name} ready")
 
 
 def test_cluster_down_stops_every_process_and_unmounts_everything(
@@ -81,8 +86,9 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
         pytest.skip(f"other test sessions (PIDs {others}) still use the cluster: left running")
     run_a_pod_with_a_volume(api_client, worker_image)
     processes = recorded_processes(state_dir)
-    assert len(processes) > 6, processes  # six components, plus a shim and two containers
+    assert len(processes) > 6, processes  # six components, plus shims and containers
     assert mounts_under(state_dir)
+    assert list(POD_BRIDGE.glob("brif/*")), "the bridged pod has no port on the pod bridge"
 
     subprocess.run(
         [str(ROOT / "cluster" / "down.sh")],
@@ -98,3 +104,4 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
     assert not mounts_under(state_dir)
     assert not state_dir.exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"))
+    assert not POD_BRIDGE.exists(), "the pod bridge is still there"
