@@ -17,7 +17,8 @@ test: deps
 	@scripts/test.sh
 
 lint: deps
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports \
+	  && scripts/lock.sh --check
 
 typecheck: deps
 	.venv/bin/mypy

@@ -36,13 +36,26 @@ for svc in redis-server rabbitmq-server epmd.socket epmd etcd containerd prometh
   fi
 done
 
-stamp=.venv/.deps-$(cat pyproject.toml probes/pyproject.toml scripts/deps.sh | sha256sum | cut -c1-12)
+# uv's pinned requirement line from uv.lock, with the hashes of all its files.
+locked_uv() {
+  .venv/bin/python - <<'EOF'
+import tomllib
+
+with open("uv.lock", "rb") as f:
+    uv = next(p for p in tomllib.load(f)["package"] if p["name"] == "uv")
+files = [*uv.get("wheels", []), *([uv["sdist"]] if "sdist" in uv else [])]
+print(f"uv=={uv['version']}", *(f"--hash={file['hash']}" for file in files))
+EOF
+}
+
+# The venv holds exactly what uv.lock pins: the two packages (editable, as plain path entries:
+# see [tool.uv.config-settings-package] in pyproject.toml) and the dev group. uv itself is in the
+# lock; a new venv gets it from pip, checked against the lock's hashes.
+stamp=.venv/.deps-$(cat pyproject.toml probes/pyproject.toml uv.lock scripts/deps.sh |
+  sha256sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q -U pip >&2
-  # Plain path entries, not setuptools' import-hook editables: every probe run starts this
-  # Python, and each hook adds about 15 ms to every start.
-  .venv/bin/pip install -q -e '.[dev]' --config-settings editable_mode=compat >&2
-  .venv/bin/pip install -q -e probes --config-settings editable_mode=compat >&2
+  [ -x .venv/bin/uv ] || .venv/bin/pip install -q --require-hashes -r <(locked_uv) >&2
+  UV_PYTHON_DOWNLOADS=never .venv/bin/uv sync --locked --all-packages --quiet >&2
   rm -f .venv/.deps-*; touch "$stamp"
 fi

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy (strict)" && .venv/bin/mypy
 echo "== import layers" && .venv/bin/lint-imports --no-cache
+echo "== lock (uv.lock against pyproject.toml, the images' lists against uv.lock)" &&
+  scripts/lock.sh --check
 if [ -z "${KUBECONFIG:-}" ]; then
   # The slow, cached builds (Kubernetes from Go modules, the worker image) happen here, not
   # inside a test's timeout; the e2e fixtures then start the cluster in seconds.
