@@ -121,6 +121,17 @@ class Kube:
             if not error.not_found:
                 raise
 
+    def list_events(
+        self, namespace: str, kind: str, name: str, reason: str
+    ) -> list[dict[str, Any]]:
+        """The core/v1 Events about the object ``kind``/``name`` with this reason."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
+        body = self._request(
+            "GET", f"/api/v1/namespaces/{namespace}/events", {"fieldSelector": selector}
+        )
+        items: list[dict[str, Any]] = body.get("items", []) if body else []
+        return items
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret (its ``data`` still base64), or None when it does not exist."""
         return self._get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{quote(name)}")

@@ -99,6 +99,7 @@ class _Pass:
     queue_backlog: Mapping[str, int] | None = None
     broker_error: str | None = None
     health: HealthReport | None = None
+    beat_failure: status.CreateFailure | None = None
 
     @property
     def applicable(self) -> bool:
@@ -398,6 +399,7 @@ class Reconciler:
     def _write_status(self, run: _Pass) -> str:
         """7. Status in one place: written only when it differs; an Event per transition."""
         namespace, name = run.key
+        self._read_beat_failure(run)
         seen = self._observation(run)
         previous = run.resource.get("status") or {}
         update = status.compute(seen, previous, self.clock())
@@ -417,6 +419,23 @@ class Reconciler:
         return phase
 
     # --- helpers of the steps ----------------------------------------------------------------
+
+    def _read_beat_failure(self, run: _Pass) -> None:
+        """Why beat has no pod, from its StatefulSet's Events: the StatefulSet's status has no
+        condition for it. Read only while beat is on and has no pod, so never in steady state."""
+        if run.spec is None or not run.spec.beat.enabled:
+            return
+        beat = naming.beat_name(run.key[1])
+        if not status.beat_lacks_pod(run.live.get(("StatefulSet", beat))):
+            return
+        try:
+            events = self.kube.list_events(
+                run.key[0], "StatefulSet", beat, status.Reason.FAILED_CREATE
+            )
+        except KubeError as error:  # Events are a hint: the status is written without it
+            log.info("could not read the Events of %s/%s: %s", run.key[0], beat, error)
+            return
+        run.beat_failure = status.beat_create_failure(events)
 
     def _secret_value(
         self, namespace: str, field: str, name: str, key: str, reason: str
@@ -581,6 +600,7 @@ class Reconciler:
             beat_enabled=beat_enabled,
             beat_ready=beat_ready,
             beat_rolled_out=beat_rolled_out,
+            beat_create_failure=run.beat_failure,
             problems=tuple(run.problems),
             queue_backlog=run.queue_backlog,
             broker_error=run.broker_error,

@@ -51,6 +51,8 @@ class Reason:
     NAME_CONFLICT: Final = "NameConflict"
     APPLY_FAILED: Final = "ApplyFailed"
     ROLLOUT_STALLED: Final = "RolloutStalled"
+    FAILED_CREATE: Final = "FailedCreate"
+    """The controller cannot create pods (admission, quota): its own reason, passed on."""
     AS_EXPECTED: Final = "AsExpected"
     BROKER_OK: Final = "BrokerReadable"
     BROKER_UNREACHABLE: Final = "BrokerUnreachable"
@@ -77,6 +79,15 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class CreateFailure:
+    """Why a controller could not create pods, in its own words: the Deployment's
+    ``ReplicaFailure`` condition, or the beat StatefulSet's last ``FailedCreate`` Event."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class PoolObservation:
     name: str
     queues: tuple[str, ...]
@@ -89,6 +100,8 @@ class PoolObservation:
     """The Deployment controller has seen the latest spec and every replica is updated."""
     stalled: bool = False
     """The Deployment reports ``ProgressDeadlineExceeded``."""
+    create_failure: CreateFailure | None = None
+    """The Deployment reports ``ReplicaFailure``: its pods cannot be created."""
     backlog: int | None = None
     required: int | None = None
     """Available replicas the pool needs to count as available; None: ``desired``. An autoscaled
@@ -104,6 +117,8 @@ class Observation:
     beat_enabled: bool = True
     beat_ready: bool = False
     beat_rolled_out: bool = False
+    beat_create_failure: CreateFailure | None = None
+    """Beat has no pod and its StatefulSet's last Event says why it cannot get one."""
     problems: tuple[Problem, ...] = ()
     queue_backlog: Mapping[str, int] | None = None
     """Messages waiting per queue, every priority list counted; None when not read."""
@@ -157,9 +172,18 @@ def observe_pool(
         and updated >= desired
         and replicas <= desired
     )
+    conditions = status.get("conditions") or []
     stalled = any(
         c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
-        for c in status.get("conditions") or []
+        for c in conditions
+    )
+    failure = next(
+        (
+            CreateFailure(str(c.get("reason") or Reason.FAILED_CREATE), str(c.get("message", "")))
+            for c in conditions
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+        ),
+        None,
     )
     return PoolObservation(
         name=pool_name,
@@ -171,9 +195,24 @@ def observe_pool(
         updated=updated,
         rolled_out=rolled_out,
         stalled=stalled,
+        create_failure=failure,
         backlog=backlog,
         required=required,
     )
+
+
+def beat_lacks_pod(live: Mapping[str, Any] | None) -> bool:
+    """Whether the beat StatefulSet exists and has created no pod (then its Events say why)."""
+    return live is not None and not (live.get("status") or {}).get("replicas", 0)
+
+
+def beat_create_failure(events: Sequence[Mapping[str, Any]]) -> CreateFailure | None:
+    """The newest ``FailedCreate`` among the beat StatefulSet's Events (core/v1)."""
+    failed = [e for e in events if e.get("reason") == Reason.FAILED_CREATE]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return CreateFailure(Reason.FAILED_CREATE, str(newest.get("message", "")))
 
 
 def observe_beat(live: Mapping[str, Any] | None) -> tuple[bool, bool]:
@@ -244,6 +283,8 @@ def compute(
     }
     if seen.flower is not None:
         status["flower"] = seen.flower
+    if seen.beat_enabled and seen.beat_create_failure is not None:
+        status["beatFailure"] = _failure(seen.beat_create_failure)
     held = [r.load for r in seen.scaling if r.load is not None and r.load.running is not None]
     if held:
         status["inFlight"] = sum((load.running or 0) + load.held for load in held)
@@ -263,6 +304,10 @@ def compute(
     elif "backlog" in previous:
         status["backlog"] = previous["backlog"]  # keep the last reading rather than show 0
     return StatusUpdate(status=status, transitions=transitions)
+
+
+def _failure(failure: CreateFailure) -> dict[str, str]:
+    return {"reason": failure.reason, "message": failure.message}
 
 
 def _report(reports: Sequence[scaling.PoolReport], pool: str) -> scaling.PoolReport | None:
@@ -321,6 +366,8 @@ def _pool_status(
     }
     if p.backlog is not None:
         out["backlog"] = p.backlog
+    if p.create_failure is not None:
+        out["replicaFailure"] = _failure(p.create_failure)
     if scaled is not None:
         out["autoscaling"] = _scaling_status(scaled)
         load = scaled.load
@@ -409,6 +456,11 @@ def _conditions(
     if seen.beat_enabled and not seen.beat_rolled_out:
         rolling.append("beat")
     stalled = [p.name for p in seen.pools if p.stalled]
+    failures = [
+        (f"pool {p.name}", p.create_failure) for p in seen.pools if p.create_failure is not None
+    ]
+    if seen.beat_enabled and seen.beat_create_failure is not None:
+        failures.append(("beat", seen.beat_create_failure))
 
     if unavailable:
         available = (
@@ -432,6 +484,13 @@ def _conditions(
         first = seen.problems[0]
         more = f" (and {len(seen.problems) - 1} more)" if len(seen.problems) > 1 else ""
         degraded = ("True", first.reason, first.message + more)
+    elif failures:
+        degraded = (
+            "True",
+            failures[0][1].reason,
+            "pods cannot be created: "
+            + "; ".join(f"{who}: {failure.message}" for who, failure in failures),
+        )
     elif stalled:
         degraded = (
             "True",

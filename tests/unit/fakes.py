@@ -37,7 +37,9 @@ class FakeKube(Kube):
         """(reason, message) of every Event posted."""
         self.pods: dict[tuple[str, str], Obj] = {}
         self.listed: list[str] = []
-        """The kind of every list_children call, in order."""
+        """The kind of every list_children call (and ``Event`` for list_events), in order."""
+        self.object_events: list[Obj] = []
+        """Events that controllers posted (tests add them), for list_events."""
         self._uids = itertools.count(1)
 
     # --- what tests set up -------------------------------------------------------------------
@@ -94,6 +96,15 @@ class FakeKube(Kube):
             copy.deepcopy(pod)
             for (ns, _), pod in sorted(self.pods.items())
             if ns == namespace and _matches(pod, labels)
+        ]
+
+    def list_events(self, namespace: str, kind: str, name: str, reason: str) -> list[Obj]:
+        self.listed.append("Event")
+        return [
+            e
+            for e in self.object_events
+            if e["involvedObject"] == {"kind": kind, "name": name, "namespace": namespace}
+            and e["reason"] == reason
         ]
 
     def get_secret(self, namespace: str, name: str) -> Obj | None:

@@ -307,3 +307,66 @@ def test_workers_are_asked_less_often_while_no_decision_can_depend_on_it(op: Ope
     # Work waits: the answer matters for the decision again, every 2 s.
     shared.waiting["slow"] = 3
     assert run(10) == 5
+
+
+def test_pods_that_cannot_be_created_say_why_in_status_and_an_event(op: Operator) -> None:
+    op.add("demo", _spec())
+    op.converge("demo")
+    assert "Event" not in op.kube.listed  # beat has its pod: no Events read
+    quota = 'pods "demo-worker-default-7c9f-" is forbidden: exceeded quota: no-pods'
+    worker = op.kube.objects[("Deployment", NS, "demo-worker-default")]
+    worker["status"] = {
+        **worker["status"],
+        "readyReplicas": 0,
+        "availableReplicas": 0,
+        "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": quota},
+        ],
+    }  # fmt: skip
+    beat = op.kube.objects[("StatefulSet", NS, "demo-beat")]
+    beat["status"] = {**beat["status"], "replicas": 0, "readyReplicas": 0}
+    refused = "create Pod demo-beat-0 in StatefulSet demo-beat failed error: violates PodSecurity"
+    involved = {"kind": "StatefulSet", "name": "demo-beat", "namespace": NS}
+    op.kube.object_events += [
+        {"involvedObject": involved, "reason": "FailedCreate", "message": "older",
+         "lastTimestamp": "2026-12-01T11:00:00Z"},
+        {"involvedObject": involved, "reason": "FailedCreate", "message": refused,
+         "lastTimestamp": "2026-12-01T11:59:00Z"},
+        {"involvedObject": involved, "reason": "SuccessfulDelete", "message": "unrelated"},
+    ]  # fmt: skip
+
+    op.reconciler.reconcile(NS, "demo")
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (status["phase"], degraded["status"], degraded["reason"]) == (
+        "Degraded", "True", "FailedCreate"
+    )  # fmt: skip
+    assert degraded["message"] == (
+        f"pods cannot be created: pool default: {quota}; beat: {refused}"
+    )
+    pool = next(p for p in status["pools"] if p["name"] == "default")
+    assert pool["replicaFailure"] == {"reason": "FailedCreate", "message": quota}
+    assert status["beatFailure"] == {"reason": "FailedCreate", "message": refused}
+    assert any(reason == "FailedCreate" for reason, _ in op.kube.events)
+
+    worker["status"] = _settled_like(worker)  # the quota was raised: the pods came
+    beat["status"] = {**beat["status"], "replicas": 1, "readyReplicas": 1}
+    listed = op.kube.listed.count("Event")
+    op.reconciler.reconcile(NS, "demo")
+    assert op.kube.listed.count("Event") == listed  # beat has a pod again: no Events read
+    status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
+    assert status["phase"] == "Available"
+    assert "beatFailure" not in status
+    assert all("replicaFailure" not in p for p in status["pools"])
+
+
+def _settled_like(deployment: dict[str, Any]) -> dict[str, Any]:
+    replicas = deployment["spec"]["replicas"]
+    return {
+        "observedGeneration": deployment["metadata"]["generation"],
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+    }

@@ -395,3 +395,40 @@ def test_an_autoscaled_pool_scaling_up_stays_available_while_its_minimum_is() ->
             "False",
             Reason.WORKERS_UNAVAILABLE,
         )
+
+
+@pytest.mark.parametrize(
+    ("condition", "failure"),
+    [
+        pytest.param(
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "m"},
+            status.CreateFailure("FailedCreate", "m"),
+            id="replica-failure",
+        ),
+        pytest.param(
+            {"type": "ReplicaFailure", "status": "False", "reason": "FailedCreate"},
+            None,
+            id="cleared",
+        ),
+        pytest.param({"type": "Available", "status": "False"}, None, id="other-condition"),
+    ],
+)
+def test_a_deployment_s_replica_failure_is_read(
+    condition: dict[str, str], failure: status.CreateFailure | None
+) -> None:
+    live = {"metadata": {"generation": 1}, "status": {"conditions": [condition]}}
+    assert status.observe_pool("default", ["celery"], 1, live, None).create_failure == failure
+
+
+def test_a_spec_problem_comes_before_pods_that_cannot_be_created() -> None:
+    failing = _pool(ready=0, create_failure=status.CreateFailure("FailedCreate", "quota"))
+    update = compute(
+        _healthy(pools=(failing,), problems=(Problem(Reason.INVALID_SPEC, "bad"),)), {}, T0
+    )
+    assert _conditions(update)["Degraded"] == ("True", Reason.INVALID_SPEC)
+    update = compute(_healthy(pools=(failing,)), {}, T0)
+    assert _conditions(update)["Degraded"] == ("True", Reason.FAILED_CREATE)
+    assert update.status["pools"][0]["replicaFailure"] == {
+        "reason": "FailedCreate",
+        "message": "quota",
+    }
