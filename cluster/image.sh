@@ -2,8 +2,9 @@
 # Builds the cluster's two images locally (nothing is ever pulled) and imports them into the
 # cluster's containerd when it runs:
 #   localhost/celery-operator/pause:3.10   the pod sandbox, a static C program (images/pause)
-#   localhost/celery-operator/worker:dev   Debian bookworm + /opt/venv with Celery, the probes
-#                                           package and the example app (images/worker)
+#   localhost/celery-operator/worker:dev   Debian bookworm + /opt/venv with Celery (the versions
+#                                           of uv.lock), the probes package and the example app,
+#                                           run as the user celery, 10001:10001 (images/worker)
 # The worker image is two layers: a slow base (debootstrap + pip, minutes) cached in
 # ~/.cache/celery-operator/images keyed by its recipe, and a thin project layer (probes/ and
 # examples/app) rebuilt whenever their content changes. An image whose digest containerd already
@@ -55,27 +56,25 @@ build_worker_base() {
 }
 
 # pip runs inside the cached base rootfs (its /opt/venv python writes the right script headers)
-# and installs into a prefix under its /tmp, which becomes the layer's /opt/venv.
+# and installs into a prefix under its /tmp, which becomes the layer's /opt/venv. Offline: the
+# build backend is the base's locked setuptools, and the probes have no dependencies to fetch.
 install_probes() {
-  local rootfs=$1 layer=$2 pip=(pip install -q --no-cache-dir --prefix /tmp/layer/opt/venv)
+  local rootfs=$1 layer=$2
   [ -f "$repo_root/probes/pyproject.toml" ] || return 0
   rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer"
   cp -r "$repo_root/probes" "$rootfs/tmp/probes"
-  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/host-ca.crt"
-  cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
-  in_base "$rootfs" "${pip[@]}" --no-build-isolation /tmp/probes >&2 ||
-    in_base "$rootfs" "${pip[@]}" /tmp/probes >&2
+  in_base "$rootfs" pip install -q --no-cache-dir --no-index --no-deps --no-build-isolation \
+    --prefix /tmp/layer/opt/venv /tmp/probes >&2
   mv "$rootfs/tmp/layer/opt" "$layer/opt"
   # Called inside $(...), where set -e does not reach: check the result instead.
   [ -x "$layer/opt/venv/bin/celery-probe" ] || die "the probes package did not install"
-  rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer" "$rootfs/tmp/host-ca.crt"
-  : > "$rootfs/etc/resolv.conf"
+  rm -rf "$rootfs/tmp/probes" "$rootfs/tmp/layer"
 }
 
 in_base() {
   local rootfs=$1 && shift
   # chroot by its full path: env looks the command up in the PATH it was given, the base's.
-  env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 PIP_CERT=/tmp/host-ca.crt \
+  env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$(command -v chroot)" "$rootfs" "$@"
 }
 
@@ -102,11 +101,12 @@ prune() {
   done
 }
 
+# The user is the base's celery (images/worker/base.sh), as in images/worker/Dockerfile.
 worker_config() {
   cat <<'EOF'
 {"Env": ["PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
          "PYTHONPATH=/app", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8"],
- "WorkingDir": "/app", "Cmd": ["celery", "--version"]}
+ "User": "10001:10001", "WorkingDir": "/app", "Cmd": ["celery", "--version"]}
 EOF
 }
 
