@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,16 +15,15 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 from kopf.testing import KopfRunner
-from kubernetes import client, utils
-from kubernetes.config import kube_config
+from kubernetes import client
 
 from celery_operator import naming
 from celery_operator.brokers import Broker, Brokers
 from celery_operator.kube import Kube
 from celery_operator.reconciler import Reconciler
-from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy, _run_operator
+from tests.e2e import rbac
+from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy
 from tests.e2e.kube import wait_for
 
 
@@ -357,70 +355,27 @@ def operator_with_deployed_rbac(
     liveness_port: int,
     tmp_path: Path,
 ) -> Iterator[KopfRunner]:
-    """The operator logged in as its ServiceAccount from deploy/, with only deploy/rbac.yaml's
-    permissions: a verb the code needs and the role lacks shows up as a 403 here."""
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    for delete in (rbac.delete_cluster_role, rbac.delete_cluster_role_binding):
-        try:  # the role as this checkout has it, never one left by an older run
-            delete("celery-operator")
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-    for path in (ROOT / "deploy" / "namespace.yaml", ROOT / "deploy" / "rbac.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            try:
-                utils.create_from_dict(  # type: ignore[no-untyped-call]
-                    api_client, doc, namespace="celery-operator"
-                )
-            except utils.FailToCreateError as error:
-                if any(e.status != 409 for e in error.api_exceptions):
-                    raise
-    token = client.CoreV1Api(api_client).create_namespaced_service_account_token(
-        "celery-operator",
-        "celery-operator",
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-        ),
+    """The operator logged in as the ServiceAccount of the cluster-wide install (deploy/), with
+    only its ClusterRole's permissions: a verb the code needs and the role lacks shows up as a
+    403 here. The CRD comes from the crd fixture; the aggregated roles are test_rbac.py's."""
+    rendered = rbac.kustomize(ROOT / "deploy")
+    install = [
+        *rbac.pick(rendered, "Namespace", "ServiceAccount"),
+        rbac.named(rendered, "ClusterRole", "celery-operator"),
+        rbac.named(rendered, "ClusterRoleBinding", "celery-operator"),
+    ]
+    # The roles as this checkout has them, never ones left by an older run.
+    rbac.kubectl_delete(kubeconfig, install[2:])
+    rbac.kubectl_apply(kubeconfig, install)
+    scoped = rbac.service_account_kubeconfig(
+        api_client, kubeconfig, "celery-operator", "celery-operator", tmp_path / "sa.kubeconfig"
     )
-    assert token.status is not None
-    admin = yaml.safe_load(Path(kubeconfig).read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
-    cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
-    scoped = tmp_path / "operator.kubeconfig"
-    scoped.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [cluster],
-                "users": [{"name": "operator", "user": {"token": token.status.token}}],
-                "contexts": [
-                    {
-                        "name": "operator",
-                        "context": {"cluster": cluster["name"], "user": "operator"},
-                    }
-                ],
-                "current-context": "operator",
-            }
-        )
-    )
-    with _kubeconfig_for_this_process(str(scoped), kubeconfig):
-        yield from _run_operator(namespace, liveness_port)
-    rbac.delete_cluster_role("celery-operator")  # leave nothing behind
-    rbac.delete_cluster_role_binding("celery-operator")
-    client.CoreV1Api(api_client).delete_namespace("celery-operator")
-
-
-@contextlib.contextmanager
-def _kubeconfig_for_this_process(path: str, previous: str) -> Iterator[None]:
-    """Point Kopf and the kubernetes package (which reads $KUBECONFIG on import) at ``path``."""
-    os.environ["KUBECONFIG"] = path
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
-    try:
-        yield
-    finally:
-        os.environ["KUBECONFIG"] = previous
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = previous
+    run = contextlib.contextmanager(rbac.run_operator_as)
+    with run(scoped, kubeconfig, namespace, liveness_port) as runner:
+        yield runner
+    rbac.kubectl_delete(kubeconfig, install)  # leave nothing behind
+    refused = rbac.refusals(runner.output)  # including 403s the code logs and carries on from
+    assert not refused, "\n".join(refused)
 
 
 def test_the_operator_needs_no_more_than_the_deployed_rbac(
