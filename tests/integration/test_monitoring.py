@@ -52,20 +52,23 @@ def _metric_names(expr: str) -> set[str]:
 def test_the_alert_rules_load() -> None:
     result = _promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_each_alert_fires_on_its_series_and_not_on_the_other() -> None:
     result = _promtool("test", "rules", str(ALERT_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
-    tested = {t["alertname"] for c in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-              for t in c["alert_rule_test"]}  # fmt: skip
-    assert tested == {rule["alert"] for rule in rules}
+    # Every alert has a check where it fires; a check that expects silence may come beside it
+    # (the same series before they turn bad).
+    fired = {t["alertname"] for c in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+             for t in c["alert_rule_test"] if t["exp_alerts"]}  # fmt: skip
+    assert fired == {rule["alert"] for rule in rules}
     for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]:
         series = {s["series"].split("{")[0] for s in case["input_series"]}
         for check in case["alert_rule_test"]:
-            assert check["exp_alerts"], check["alertname"]
+            if not check["exp_alerts"]:
+                continue
             # Some input series must belong to none of the alerts expected: the ones that must
             # not fire (a series belongs to an alert when it carries all of the alert's labels).
             alerts = [
