@@ -30,6 +30,9 @@ else
   echo "operator started (pid $!), log: $state/operator.log"
 fi
 
+# The sample's Redis moved to its own namespace (celery-demo-broker): an older demo's Redis would
+# hold its port.
+kubectl -n celery-demo delete deployment redis --ignore-not-found
 kubectl apply -k "$sample"
 echo "waiting for the sample CeleryCluster to become Available…"
 kubectl -n celery-demo wait --for=jsonpath='{.status.phase}'=Available --timeout=300s celerycluster/demo

@@ -6,6 +6,7 @@ These run first (file order) so a broken cluster shows up here, not as an operat
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 
 import pytest
@@ -164,14 +165,65 @@ def test_redis_fixture_serves_the_test_process_and_pods(
     )
 
 
-def test_a_pod_without_host_network_has_only_loopback(
+POD_GATEWAY = "198.18.1.1"  # cluster/lib.sh: the host's address on the pod bridge
+
+_REACH = """
+import errno, socket, sys
+def reach(host, port, send=b""):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, port)); s.sendall(send); return s.recv(64).decode().strip() or "open"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+peer = sys.argv[1]
+print("peer", reach(peer, 6379, b"PING\\r\\n"))
+print("host", reach("{gateway}", int(sys.argv[2])))
+print("outside", reach("8.8.8.8", 53))
+"""
+
+
+def test_a_pod_on_the_pod_network_reaches_pods_and_the_host_and_nothing_else(
     api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
 ) -> None:
-    """The local cluster's CNI gives such pods an isolated namespace with lo only."""
+    """The local cluster's bridge: pods get addresses of their own in 198.18.1.0/24, reach each
+    other and the host's gateway address, and a connection anywhere else is refused at once."""
     if not host_network:
         pytest.skip("the local cluster's networking only: this cluster has a real CNI")
-    command = ["sh", "-c", "cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '"]
-    run_pod(api_client, namespace, "isolated", pod_spec(worker_image, command, False))
+    core = client.CoreV1Api(api_client)
+    server = ["redis-server", "--port", "6379", "--save", "", "--protected-mode", "no"]
+    run_pod(api_client, namespace, "peer", pod_spec(worker_image, server, False))
+    wait_for(
+        lambda: pod_phase(api_client, namespace, "peer") == "Running",
+        timeout=60,
+        message="peer pod not running",
+    )
 
-    assert wait_finished(api_client, namespace, "isolated") == "Succeeded"
-    assert pod_logs(api_client, namespace, "isolated").split() == ["lo"]
+    def peer_address() -> str:
+        status = core.read_namespaced_pod("peer", namespace).status
+        return (status.pod_ip if status else None) or ""
+
+    peer_ip = wait_for(peer_address, timeout=30, message="peer pod has no address")
+    assert re.fullmatch(r"198\.18\.1\.\d+", peer_ip), peer_ip
+    assert wait_for(lambda: _pings(peer_ip), timeout=30, message="the host cannot reach the pod")
+
+    with socket.create_server((POD_GATEWAY, 0)) as listener:  # something of the host's to reach
+        listener.settimeout(60)
+        port = listener.getsockname()[1]
+        script = _REACH.replace("{gateway}", POD_GATEWAY)
+        command = ["python3", "-c", script, peer_ip, str(port)]
+        run_pod(api_client, namespace, "probe", pod_spec(worker_image, command, False))
+        accepted, _ = listener.accept()
+        accepted.sendall(b"hello\n")
+        accepted.close()
+        assert wait_finished(api_client, namespace, "probe") == "Succeeded"
+    lines = dict(
+        line.split(" ", 1) for line in pod_logs(api_client, namespace, "probe").splitlines()
+    )
+    assert lines == {"peer": "+PONG", "host": "hello", "outside": "ENETUNREACH"}, lines
+
+
+def _pings(address: str) -> bool:
+    try:
+        return bool(redis.Redis(host=address, port=6379, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
