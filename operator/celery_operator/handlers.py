@@ -60,6 +60,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.enabled = False  # Events are posted by the reconcile, on transitions only
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
+    if config.exact_namespaces:
+        # Kopf would list namespaces and watch CRDs to discover what to serve; a namespaced
+        # install may do neither, and Kopf retries each refusal for about a minute before it
+        # serves anything. Named namespaces and the CRD's one discovery at start need neither.
+        settings.scanning.disabled = True
     kube = Kube(load_api_client(), timeout=config.api_timeout_seconds)
 
     def shared_broker(key: BrokerKey) -> Broker:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Final
 
 ENV_PREFIX: Final = "CELERY_OPERATOR_"
+_NAMESPACE_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,12 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means every namespace (cluster-wide). Env: NAMESPACES,
     comma-separated."""
+
+    @property
+    def exact_namespaces(self) -> bool:
+        """Watching only namespaces named outright (no glob, no negation): nothing needs to be
+        discovered, so a namespaced install needs no permission outside its namespaces."""
+        return bool(self.namespaces) and all(_NAMESPACE_NAME.match(n) for n in self.namespaces)
 
     reconcile_interval_seconds: float = 15.0
     """Seconds between two reconciles of an unchanged cluster. Changes to the CeleryCluster or

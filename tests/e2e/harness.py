@@ -83,6 +83,9 @@ def _run_operator(namespace: str, liveness_port: int) -> Iterator[KopfRunner]:
     os.environ["CELERY_OPERATOR_HEALTH_INTERVAL_SECONDS"] = "3"
     # One operator per test in this process: a fixed metrics port would be taken by the first.
     os.environ["CELERY_OPERATOR_METRICS_PORT"] = "0"
+    # The operator's own view of what kopf's --namespace below says (python -m celery_operator
+    # sets both from its one flag): one named namespace, so Kopf discovers nothing.
+    os.environ["CELERY_OPERATOR_NAMESPACES"] = namespace
     args = [
         "run", f"--namespace={namespace}", "--standalone", "--verbose",
         f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
