@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import uuid
@@ -53,7 +52,7 @@ from kubernetes.config import kube_config
 
 # The operator and CeleryCluster fixtures, for every e2e module.
 from tests.e2e.harness import clusters, crd, liveness_port, operator, sample_spec  # noqa: F401
-from tests.e2e.kube import describe_pod, pod_ready, process_start_time, wait_for
+from tests.e2e.kube import describe_pod, kubectl_command, pod_ready, process_start_time, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UP = ROOT / "cluster" / "up.sh"
@@ -286,15 +285,7 @@ class _PortForward:
             self.process.wait(timeout=10)
 
 
-def _kubectl() -> list[str]:
-    """kubectl from PATH, else the one in the cluster's multi-call binary."""
-    found = shutil.which("kubectl")
-    if found:
-        return [found]
-    build = subprocess.run(
-        [str(ROOT / "cluster" / "k8s" / "build.sh")], capture_output=True, text=True, check=True
-    )
-    return [build.stdout.strip().splitlines()[-1], "kubectl"]
+_kubectl = kubectl_command
 
 
 def _accepts(port: int) -> bool:

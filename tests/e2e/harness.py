@@ -7,6 +7,7 @@ e2e module."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import urllib.request
@@ -21,6 +22,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from celery_operator import GROUP, PLURAL, VERSION
+from tests.e2e import rbac
 from tests.e2e.kube import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,25 +71,62 @@ def liveness_port() -> int:
     return _free_port()
 
 
+NAMESPACED_INSTALL = ROOT / "deploy" / "namespaced"
+OPERATOR_ACCOUNT = "celery-operator"  # the ServiceAccount of deploy/operator
+
+
 @pytest.fixture
 def operator(
-    crd: None, kubeconfig: str, namespace: str, liveness_port: int
+    crd: None,
+    api_client: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    liveness_port: int,
+    tmp_path: Path,
 ) -> Iterator[KopfRunner]:
-    """The real operator, in this process, watching the test's namespace only: test sessions
-    sharing one cluster then never reconcile each other's clusters."""
-    yield from _run_operator(namespace, liveness_port)
+    """The real operator, in this process, watching the test's namespace only (test sessions
+    sharing one cluster then never reconcile each other's clusters), installed there as a user
+    installs it for one namespace: deploy/namespaced's ServiceAccount, Role and RoleBinding, and
+    logged in with nothing but a token of that ServiceAccount. Every e2e test so runs under the
+    namespaced install's RBAC, and any 403 in the operator's log fails the test."""
+    rendered = rbac.kustomize_in_namespace(NAMESPACED_INSTALL, namespace, tmp_path / "install")
+    rbac.kubectl_apply(kubeconfig, rbac.pick(rendered, "ServiceAccount", "Role", "RoleBinding"))
+    scoped = rbac.service_account_kubeconfig(
+        api_client, kubeconfig, namespace, OPERATOR_ACCOUNT, tmp_path / "operator.kubeconfig"
+    )
+    with run_operator_as(scoped, kubeconfig, namespace, liveness_port) as runner:
+        yield runner
+    refused = rbac.refusals(runner.output)
+    assert not refused, "the namespaced Role lacks what the operator used:\n" + "\n".join(refused)
 
 
-def _run_operator(namespace: str, liveness_port: int) -> Iterator[KopfRunner]:
+@contextlib.contextmanager
+def run_operator_as(
+    scoped_kubeconfig: Path,
+    admin_kubeconfig: str,
+    namespace: str,
+    liveness_port: int,
+    watch: str | None = None,
+) -> Iterator[KopfRunner]:
+    """The operator logged in through ``scoped_kubeconfig`` only, watching ``watch`` (default:
+    the namespace by name; a glob makes Kopf discover namespaces and CRDs)."""
+    with rbac.kubeconfig_for_this_process(scoped_kubeconfig, admin_kubeconfig):
+        yield from _run_operator(namespace, liveness_port, watch)
+
+
+def _run_operator(
+    namespace: str, liveness_port: int, watch: str | None = None
+) -> Iterator[KopfRunner]:
+    watch = watch or namespace
     os.environ["CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS"] = "3"
     os.environ["CELERY_OPERATOR_HEALTH_INTERVAL_SECONDS"] = "3"
     # One operator per test in this process: a fixed metrics port would be taken by the first.
     os.environ["CELERY_OPERATOR_METRICS_PORT"] = "0"
     # The operator's own view of what kopf's --namespace below says (python -m celery_operator
-    # sets both from its one flag): one named namespace, so Kopf discovers nothing.
-    os.environ["CELERY_OPERATOR_NAMESPACES"] = namespace
+    # sets both from its one flag): a namespace named outright turns Kopf's discovery off.
+    os.environ["CELERY_OPERATOR_NAMESPACES"] = watch
     args = [
-        "run", f"--namespace={namespace}", "--standalone", "--verbose",
+        "run", f"--namespace={watch}", "--standalone", "--verbose",
         f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
         "-m", "celery_operator.handlers",
     ]  # fmt: skip

@@ -6,6 +6,8 @@ an error that says what was awaited and what was last seen, never a bare long sl
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,18 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kubectl_command() -> list[str]:
+    """kubectl from PATH, else the one in the cluster's multi-call binary."""
+    found = shutil.which("kubectl")
+    if found:
+        return [found]
+    build = subprocess.run(
+        [str(ROOT / "cluster" / "k8s" / "build.sh")], capture_output=True, text=True, check=True
+    )
+    return [build.stdout.strip().splitlines()[-1], "kubectl"]
 
 
 class WaitTimeoutError(AssertionError):

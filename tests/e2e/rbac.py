@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.config import kube_config
 
-from tests.e2e.conftest import _kubectl
-from tests.e2e.harness import _run_operator
+from tests.e2e.kube import kubectl_command as _kubectl
 
 TOKEN_SECONDS = 3600
 
@@ -136,15 +134,6 @@ def kubeconfig_for_this_process(path: Path, previous: str) -> Iterator[None]:
     finally:
         os.environ["KUBECONFIG"] = previous
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = previous
-
-
-def run_operator_as(
-    scoped_kubeconfig: Path, admin_kubeconfig: str, namespace: str, liveness_port: int
-) -> Iterator[KopfRunner]:
-    """The operator (harness._run_operator: ``--namespace=namespace``) logged in through
-    ``scoped_kubeconfig`` only; a generator for fixtures and ``contextlib.contextmanager``."""
-    with kubeconfig_for_this_process(scoped_kubeconfig, admin_kubeconfig):
-        yield from _run_operator(namespace, liveness_port)
 
 
 def refusals(output: str, expected: re.Pattern[str] | None = None) -> list[str]:

@@ -6,7 +6,6 @@ of its own that it alone watches. Nothing waits by sleeping: every check polls a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from celery_operator.brokers import Broker, Brokers
 from celery_operator.kube import Kube
 from celery_operator.reconciler import Reconciler
 from tests.e2e import rbac
-from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy
+from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy, run_operator_as
 from tests.e2e.kube import wait_for
 
 
@@ -370,8 +369,9 @@ def operator_with_deployed_rbac(
     scoped = rbac.service_account_kubeconfig(
         api_client, kubeconfig, "celery-operator", "celery-operator", tmp_path / "sa.kubeconfig"
     )
-    run = contextlib.contextmanager(rbac.run_operator_as)
-    with run(scoped, kubeconfig, namespace, liveness_port) as runner:
+    # A glob, not the name: Kopf then discovers namespaces and watches CRDs, what the
+    # ClusterRole holds beyond the namespaced Role (which every other e2e test runs under).
+    with run_operator_as(scoped, kubeconfig, namespace, liveness_port, f"{namespace}*") as runner:
         yield runner
     rbac.kubectl_delete(kubeconfig, install)  # leave nothing behind
     refused = rbac.refusals(runner.output)  # including 403s the code logs and carries on from

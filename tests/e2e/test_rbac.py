@@ -11,7 +11,6 @@ run the Deployment); the Deployment is checked as rendered.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from kubernetes import client, config
 from celery_operator import GROUP, PLURAL, VERSION, naming
 from tests.e2e import rbac
 from tests.e2e.conftest import _delete_namespace
-from tests.e2e.harness import ROOT, Clusters, _free_port
+from tests.e2e.harness import ROOT, Clusters, _free_port, run_operator_as
 from tests.e2e.kube import wait_for
 
 NAMESPACED = ROOT / "deploy" / "namespaced"
@@ -103,8 +102,7 @@ def test_the_operator_runs_with_only_the_namespaced_role(
     clusters: Clusters,
     sample_spec: Callable[..., dict[str, Any]],
 ) -> None:
-    run = contextlib.contextmanager(rbac.run_operator_as)
-    with run(namespaced_kubeconfig, kubeconfig, namespace, liveness_port) as runner:
+    with run_operator_as(namespaced_kubeconfig, kubeconfig, namespace, liveness_port) as runner:
         spec = sample_spec()
         spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
         clusters.put_secret("flower-login", {"auth": "admin:s3cret"})
