@@ -21,7 +21,7 @@ from celery import Celery
 from kopf.testing import KopfRunner
 from kubernetes import client
 
-from celery_operator import GROUP, PLURAL, VERSION
+from celery_operator import GROUP, PLURAL, VERSION, naming
 from tests.e2e import rbac
 from tests.e2e.kube import wait_for
 
@@ -263,3 +263,57 @@ def sample_spec(
 
 def _celery(redis_url: str) -> Celery:
     return Celery("e2e-client", broker=redis_url, backend=redis_url)
+
+
+def use_every_verb(clusters: Clusters, sample_spec: Callable[..., dict[str, Any]]) -> None:
+    """Make the operator use each permission of its RBAC at least once: read the broker and
+    Flower Secrets, create, patch and delete Deployments and a Service, write status, post
+    Events, annotate pods and scale (a pool to zero). A verb the install lacks shows up as a
+    403 in the operator's log, or as a step that never happens."""
+    spec = sample_spec()
+    spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
+    clusters.put_secret("flower-login", {"auth": "admin:s3cret"})
+    spec["flower"] = {
+        "enabled": True,
+        "basicAuthSecretRef": {"name": "flower-login"},
+        "port": _free_port(),
+    }
+    clusters.create("demo", spec)
+    clusters.wait_phase("demo", "Available")
+    status = clusters.get("demo")["status"]
+    assert status["backlog"] >= 0  # the broker Secret was readable
+    assert status["observedGeneration"] == 1  # status: patch
+    flower = clusters.plain(
+        clusters.core.read_namespaced_service("demo-flower", clusters.namespace)
+    )
+    assert flower["spec"]["ports"][0]["port"] == spec["flower"]["port"]  # Services: create
+    # Autoscaling the idle pool to zero: a deletion cost on its pod, then a replica patch.
+    spec["workers"][1]["autoscaling"] = {
+        "minReplicas": 0,
+        "maxReplicas": 1,
+        "scaleDown": {"stabilizationWindowSeconds": 0},
+    }
+    clusters.patch_spec("demo", {"workers": spec["workers"]})
+    costs: set[str] = set()
+
+    def scaled_to_zero() -> bool:
+        for pod in clusters.pods(f"{naming.POOL_LABEL}=reports"):
+            annotations = pod["metadata"].get("annotations") or {}
+            costs.update(v for k, v in annotations.items() if k.endswith("pod-deletion-cost"))
+        return bool(clusters.deployments()["demo-worker-reports"]["spec"]["replicas"] == 0)
+
+    wait_for(scaled_to_zero, timeout=60, message="the idle pool was not scaled to zero")
+    assert costs == {"0"}, "the idle pod got no deletion cost before the scale-down"
+    assert clusters.event_messages("ScaledDown", "demo"), "no Event for the scale-down"
+    clusters.patch_spec("demo", {"workers": spec["workers"][:1], "flower": {"enabled": False}})
+    wait_for(
+        lambda: set(clusters.deployments()) == {"demo-worker-default"},
+        timeout=120,
+        message="the removed pool's and Flower's Deployments not deleted",
+    )
+    wait_for(
+        lambda: not clusters.core.list_namespaced_service(clusters.namespace).items,
+        timeout=30,
+        message="Flower's Service not deleted",
+    )
+    assert clusters.event_messages("Deleted", "demo"), "the operator could not post Events"

@@ -22,7 +22,15 @@ from celery_operator.brokers import Broker, Brokers
 from celery_operator.kube import Kube
 from celery_operator.reconciler import Reconciler
 from tests.e2e import rbac
-from tests.e2e.harness import ROOT, TASKS, Clusters, _celery, _free_port, _healthy, run_operator_as
+from tests.e2e.harness import (
+    ROOT,
+    TASKS,
+    Clusters,
+    _celery,
+    _healthy,
+    run_operator_as,
+    use_every_verb,
+)
 from tests.e2e.kube import wait_for
 
 
@@ -383,46 +391,4 @@ def test_the_operator_needs_no_more_than_the_deployed_rbac(
     clusters: Clusters,
     sample_spec: Callable[..., dict[str, Any]],
 ) -> None:
-    spec = sample_spec()
-    spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
-    clusters.put_secret("flower-login", {"auth": "admin:s3cret"})
-    spec["flower"] = {
-        "enabled": True,
-        "basicAuthSecretRef": {"name": "flower-login"},
-        "port": _free_port(),
-    }
-    clusters.create("demo", spec)
-    clusters.wait_phase("demo", "Available")
-    assert clusters.get("demo")["status"]["backlog"] >= 0  # the Secret was readable
-    flower = clusters.plain(
-        clusters.core.read_namespaced_service("demo-flower", clusters.namespace)
-    )
-    assert flower["spec"]["ports"][0]["port"] == spec["flower"]["port"]  # Services: list, patch
-    # Autoscaling the idle pool to zero: a deletion cost on its pod, then a replica patch.
-    spec["workers"][1]["autoscaling"] = {
-        "minReplicas": 0,
-        "maxReplicas": 1,
-        "scaleDown": {"stabilizationWindowSeconds": 0},
-    }
-    clusters.patch_spec("demo", {"workers": spec["workers"]})
-    costs: set[str] = set()
-
-    def scaled_to_zero() -> bool:
-        for pod in clusters.pods(f"{naming.POOL_LABEL}=reports"):
-            annotations = pod["metadata"].get("annotations") or {}
-            costs.update(v for k, v in annotations.items() if k.endswith("pod-deletion-cost"))
-        return bool(clusters.deployments()["demo-worker-reports"]["spec"]["replicas"] == 0)
-
-    wait_for(scaled_to_zero, timeout=60, message="the idle pool was not scaled to zero")
-    assert costs == {"0"}, "the idle pod got no deletion cost before the scale-down"
-    assert clusters.event_messages("ScaledDown", "demo"), "no Event for the scale-down"
-    clusters.patch_spec("demo", {"workers": spec["workers"][:1]})  # a delete
-    wait_for(
-        lambda: set(clusters.deployments()) == {"demo-worker-default", "demo-flower"},
-        timeout=120,
-        message="removed pool's Deployment not deleted",
-    )
-    events = clusters.core.list_namespaced_event(
-        clusters.namespace, field_selector="involvedObject.name=demo"
-    ).items
-    assert any(e.reason == "Deleted" for e in events), "the operator could not post Events"
+    use_every_verb(clusters, sample_spec)

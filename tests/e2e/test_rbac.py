@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from celery_operator import GROUP, PLURAL, VERSION, naming
+from celery_operator import GROUP, PLURAL, VERSION
 from tests.e2e import rbac
 from tests.e2e.conftest import _delete_namespace
-from tests.e2e.harness import ROOT, Clusters, _free_port, run_operator_as
+from tests.e2e.harness import ROOT, Clusters, run_operator_as, use_every_verb
 from tests.e2e.kube import wait_for
 
 NAMESPACED = ROOT / "deploy" / "namespaced"
@@ -103,51 +103,7 @@ def test_the_operator_runs_with_only_the_namespaced_role(
     sample_spec: Callable[..., dict[str, Any]],
 ) -> None:
     with run_operator_as(namespaced_kubeconfig, kubeconfig, namespace, liveness_port) as runner:
-        spec = sample_spec()
-        spec["workers"].append({"name": "reports", "queues": ["reports"], "replicas": 1})
-        clusters.put_secret("flower-login", {"auth": "admin:s3cret"})
-        spec["flower"] = {
-            "enabled": True,
-            "basicAuthSecretRef": {"name": "flower-login"},
-            "port": _free_port(),
-        }
-        clusters.create("demo", spec)
-        clusters.wait_phase("demo", "Available")
-        status = clusters.get("demo")["status"]
-        assert status["backlog"] >= 0  # the broker Secret was readable
-        assert status["observedGeneration"] == 1  # status: patch
-        assert "demo-flower" in clusters.deployments()
-        clusters.core.read_namespaced_service("demo-flower", namespace)  # Services: create
-        # Autoscaling the idle pool to zero: a deletion cost on its pod, then a replica patch.
-        spec["workers"][1]["autoscaling"] = {
-            "minReplicas": 0,
-            "maxReplicas": 1,
-            "scaleDown": {"stabilizationWindowSeconds": 0},
-        }
-        clusters.patch_spec("demo", {"workers": spec["workers"]})
-        costs: set[str] = set()
-
-        def scaled_to_zero() -> bool:
-            for pod in clusters.pods(f"{naming.POOL_LABEL}=reports"):
-                annotations = pod["metadata"].get("annotations") or {}
-                costs.update(v for k, v in annotations.items() if k.endswith("pod-deletion-cost"))
-            return bool(clusters.deployments()["demo-worker-reports"]["spec"]["replicas"] == 0)
-
-        wait_for(scaled_to_zero, timeout=60, message="the idle pool was not scaled to zero")
-        assert costs == {"0"}, "the idle pod got no deletion cost before the scale-down"
-        assert clusters.event_messages("ScaledDown", "demo"), "no Event for the scale-down"
-        clusters.patch_spec("demo", {"workers": spec["workers"][:1], "flower": {"enabled": False}})
-        wait_for(
-            lambda: set(clusters.deployments()) == {"demo-worker-default"},
-            timeout=120,
-            message="the removed pool's and Flower's Deployments not deleted",
-        )
-        wait_for(
-            lambda: not clusters.core.list_namespaced_service(namespace).items,
-            timeout=30,
-            message="Flower's Service not deleted",
-        )
-        assert clusters.event_messages("Deleted", "demo"), "the operator could not post Events"
+        use_every_verb(clusters, sample_spec)
 
     refused = rbac.refusals(runner.output, None)
     assert not refused, "\n".join(refused)
