@@ -435,7 +435,7 @@ class Reconciler:
         except KubeError as error:  # Events are a hint: the status is written without it
             log.info("could not read the Events of %s/%s: %s", run.key[0], beat, error)
             return
-        run.beat_failure = status.beat_create_failure(events)
+        run.beat_failure = status.beat_create_failure(events, self.clock())
 
     def _secret_value(
         self, namespace: str, field: str, name: str, key: str, reason: str

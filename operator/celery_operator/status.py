@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from celery_operator import health, scaling
@@ -31,6 +31,9 @@ CONDITION_TYPES: Final = (
 )
 """Every condition type; the two Scaling ones only while some pool autoscales."""
 
+FAILED_CREATE_FRESH_SECONDS: Final = 1200
+"""How old a beat ``FailedCreate`` Event may be and still count: longer than the controllers'
+longest retry backoff (their work queues' 1000 s), so a lasting failure never blinks off."""
 RESTARTS_KEPT: Final = 20
 """Restarts of hung workers listed per pool in status: the newest, enough for any restart
 budget (``maxRestarts`` is at most this)."""
@@ -206,12 +209,20 @@ def beat_lacks_pod(live: Mapping[str, Any] | None) -> bool:
     return live is not None and not (live.get("status") or {}).get("replicas", 0)
 
 
-def beat_create_failure(events: Sequence[Mapping[str, Any]]) -> CreateFailure | None:
-    """The newest ``FailedCreate`` among the beat StatefulSet's Events (core/v1)."""
-    failed = [e for e in events if e.get("reason") == Reason.FAILED_CREATE]
+def beat_create_failure(events: Sequence[Mapping[str, Any]], now: datetime) -> CreateFailure | None:
+    """The newest ``FailedCreate`` among the beat StatefulSet's Events (core/v1), if it is
+    recent: the controller repeats it at least every ``FAILED_CREATE_FRESH_SECONDS`` while the
+    failure lasts, and an older one (a quota raised since) must not show while a rollout has
+    beat briefly without its pod."""
+    oldest = _timestamp(now - timedelta(seconds=FAILED_CREATE_FRESH_SECONDS))
+
+    def stamp(event: Mapping[str, Any]) -> str:
+        return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+    failed = [e for e in events if e.get("reason") == Reason.FAILED_CREATE and stamp(e) >= oldest]
     if not failed:
         return None
-    newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    newest = max(failed, key=stamp)
     return CreateFailure(Reason.FAILED_CREATE, str(newest.get("message", "")))
 
 

@@ -432,3 +432,21 @@ def test_a_spec_problem_comes_before_pods_that_cannot_be_created() -> None:
         "reason": "FailedCreate",
         "message": "quota",
     }
+
+
+def test_only_a_recent_failed_create_event_explains_beat_s_missing_pod() -> None:
+    def event(at: datetime, message: str) -> dict[str, str]:
+        return {
+            "reason": "FailedCreate",
+            "message": message,
+            "lastTimestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    fresh = status.FAILED_CREATE_FRESH_SECONDS
+    stale = event(T0 - timedelta(seconds=fresh + 1), "quota, since raised")
+    recent = event(T0 - timedelta(seconds=fresh - 1), "quota")
+    unrelated = {**recent, "reason": "SuccessfulCreate", "lastTimestamp": T0.isoformat()}
+    assert status.beat_create_failure([stale, unrelated], T0) is None
+    assert status.beat_create_failure([stale, recent], T0) == status.CreateFailure(
+        "FailedCreate", "quota"
+    )
