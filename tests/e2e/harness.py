@@ -237,26 +237,32 @@ def clusters(api_client: client.ApiClient, namespace: str) -> Clusters:
     return Clusters(api_client, namespace)
 
 
+def demo_spec(image: str, host_network: bool, **pool: Any) -> dict[str, Any]:
+    """A working spec for the demo app, its broker URL in Secret ``broker``; keywords change
+    workers[0]."""
+    spec: dict[str, Any] = {
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "app": "celery_demo",
+        "broker": {"urlSecretRef": {"name": "broker"}},
+        "env": [{"name": "CELERY_DEMO_BEAT_INTERVAL", "value": "2"}],
+        "workers": [{"name": "default", "queues": ["celery"], "concurrency": 2, **pool}],
+        "beat": {"enabled": True},
+    }
+    if host_network:
+        spec["podTemplate"] = {"hostNetwork": True}
+    return spec
+
+
 @pytest.fixture
 def sample_spec(
     clusters: Clusters, redis_url: str, worker_image: str, host_network: bool
 ) -> Callable[..., dict[str, Any]]:
-    """A working spec for the demo app, its broker Secret in place; keywords change workers[0]."""
+    """demo_spec with its broker Secret in place; keywords change workers[0]."""
     clusters.put_secret("broker", {"url": redis_url})
 
     def make(**pool: Any) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "image": worker_image,
-            "imagePullPolicy": "IfNotPresent",
-            "app": "celery_demo",
-            "broker": {"urlSecretRef": {"name": "broker"}},
-            "env": [{"name": "CELERY_DEMO_BEAT_INTERVAL", "value": "2"}],
-            "workers": [{"name": "default", "queues": ["celery"], "concurrency": 2, **pool}],
-            "beat": {"enabled": True},
-        }
-        if host_network:
-            spec["podTemplate"] = {"hostNetwork": True}
-        return spec
+        return demo_spec(worker_image, host_network, **pool)
 
     return make
 

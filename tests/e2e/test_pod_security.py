@@ -17,7 +17,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from celery_operator import builders, naming
-from tests.e2e.harness import TASKS, Clusters, _celery
+from tests.e2e.harness import TASKS, Clusters, _celery, demo_spec
 from tests.e2e.kube import describe_pod, pod_ready, wait_for
 
 RESTRICTED = {
@@ -70,21 +70,6 @@ def _bridged_redis(core: client.CoreV1Api, namespace: str, image: str) -> str:
     return f"redis://{address}:6379/0"
 
 
-def _spec(image: str, **pod_template: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "app": "celery_demo",
-        "broker": {"urlSecretRef": {"name": "broker"}},
-        "env": [{"name": "CELERY_DEMO_BEAT_INTERVAL", "value": "2"}],
-        "workers": [{"name": "default", "queues": ["celery"], "concurrency": 2}],
-        "beat": {"enabled": True},
-    }
-    if pod_template:
-        spec["podTemplate"] = pod_template
-    return spec
-
-
 def _both_refused(clusters: Clusters, name: str) -> dict[str, Any]:
     """The Degraded condition once status reports the pool's and beat's failures (the
     Deployment's condition and the StatefulSet's Event come in either order)."""
@@ -109,7 +94,7 @@ def test_the_sample_runs_where_the_restricted_standard_is_enforced(
     clusters.put_secret("broker", {"url": url})
 
     # Host networking is what the restricted standard refuses first: status says so.
-    clusters.create("demo", _spec(worker_image, hostNetwork=True))
+    clusters.create("demo", demo_spec(worker_image, host_network=True))
     condition = wait_for(
         lambda: _both_refused(clusters, "demo"), timeout=90, message="the refusal was not reported"
     )
