@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(
   redis-server                 # the broker for integration tests and the local demo
+  redis-sentinel               # the Sentinel group (master, replica, three sentinels) of the
+                               # integration tests' failover checks
   rabbitmq-server              # the RabbitMQ broker (3.10, management plugin) of the integration
                                # tests, with epmd from erlang-base
   etcd-server                  # the local cluster's datastore
@@ -30,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 # Debian starts the packaged daemons; the project runs its own instances on its own ports.
-for svc in redis-server rabbitmq-server epmd.socket epmd etcd containerd prometheus; do
+for svc in redis-server redis-sentinel rabbitmq-server epmd.socket epmd etcd containerd prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
