@@ -230,7 +230,7 @@ class Autoscaler:
         due = [p for p in pools if woken or cluster.pools[p.name].due <= now]
         if not due:
             return
-        backlog = self._backlog(target, due)
+        backlog, unacked = self._backlog(target, due)
         quiet = backlog is not None and all(
             _quiet(p, cluster.pools[p.name].replicas, backlog) for p in pools
         )
@@ -239,7 +239,9 @@ class Autoscaler:
         for pool in due:
             memory = cluster.pools[pool.name]
             memory.due = now + timedelta(seconds=pool.autoscaling.poll_interval_seconds)
-            load = pool_load(pool, memory.replicas, backlog, cluster.reading, now, fresh_for)
+            load = pool_load(
+                pool, memory.replicas, backlog, cluster.reading, now, fresh_for, unacked
+            )
             self._step(key, cluster, target, pool, load, now)
 
     def _step(
@@ -286,16 +288,18 @@ class Autoscaler:
             )
         memory.replicas, memory.history = decision.replicas, decision.history
 
-    def _backlog(self, target: Target, pools: Sequence[WorkerPool]) -> Mapping[str, int] | None:
-        """The broker's last shared reading, when it is fresh and readable; else None (then
-        the replicas hold: scaling.decide)."""
+    def _backlog(
+        self, target: Target, pools: Sequence[WorkerPool]
+    ) -> tuple[Mapping[str, int] | None, Mapping[str, int] | None]:
+        """The broker's last shared reading (waiting, and unacked where the broker tells), when
+        it is fresh and readable; else None (then the replicas hold: scaling.decide)."""
         reading = target.broker.backlog()
         if reading is None or reading.counts is None:
-            return None
+            return None, None
         interval = min(p.autoscaling.poll_interval_seconds for p in pools)
         if self.monotonic() - reading.at > max(3.0, BACKLOG_FRESH_POLLS * interval):
-            return None
-        return reading.counts
+            return None, None
+        return reading.counts, reading.in_flight
 
     def _mark_costs(self, namespace: str, cluster: _Cluster, pool: str) -> int:
         """Give each pod of ``pool`` its deletion cost; the number of pods that needed one."""
@@ -408,17 +412,22 @@ def pool_load(
     reading: TaskReading | None,
     now: datetime,
     fresh_for: timedelta = TASKS_FRESH,
+    unacked: Mapping[str, int] | None = None,
 ) -> scaling.Load:
-    """A pool's load from the last backlog read and the last answer of its workers.
+    """A pool's load from the last backlog read (with the broker's unacked counts, where it
+    gives them) and the last answer of its workers.
 
     A ready worker that did not answer counts as busy (a solo pool cannot answer while it runs
     a task); one not ready yet holds nothing. An answer older than ``fresh_for``, or none,
     leaves the running tasks unknown, unless the pool has no replicas to hold any.
     """
     waiting = None if backlog is None else sum(backlog.get(q, 0) for q in pool.queues)
+    held_by_broker = None if unacked is None else sum(unacked.get(q, 0) for q in pool.queues)
     if reading is None or reading.error is not None or now - reading.at > fresh_for:
         # Nothing known of the workers' tasks, unless there are no workers to hold any.
-        return scaling.Load(backlog=waiting, running=0 if replicas == 0 else None)
+        return scaling.Load(
+            backlog=waiting, running=0 if replicas == 0 else None, unacked=held_by_broker
+        )
     pods = [p for p in reading.pods.values() if p.pool == pool.name]
     answered = [p.tasks for p in pods if p.tasks is not None]
     silent_ready = sum(1 for p in pods if p.tasks is None and p.ready)
@@ -427,6 +436,7 @@ def pool_load(
         running=sum(running for running, _ in answered),
         held=sum(held for _, held in answered),
         busy_workers=silent_ready + sum(1 for running, held in answered if running + held),
+        unacked=held_by_broker,
     )
 
 

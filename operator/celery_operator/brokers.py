@@ -32,12 +32,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-import redis
-
-from celery_operator import broker, brokerurl, remote
+from celery_operator import broker, brokerurl, rabbitmq, remote
 from celery_operator.eventstream import BrokerEvents
 from celery_operator.health import Reply
-from celery_operator.queues import KeyScheme
+from celery_operator.queues import KeyScheme, QueueLoad
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +52,80 @@ IDLE_WAIT_SECONDS: Final = 5.0
 @dataclass(frozen=True)
 class BrokerKey:
     """What makes two clusters' brokers the same one: where the URL points and with which
-    credentials (:func:`brokerurl.identity`), and the key scheme. ``url`` is the one to connect
-    with; two URLs of one identity (``redis://h/0``, ``redis://h:6379/0``) share a broker."""
+    credentials (:func:`brokerurl.identity`), the key scheme, and what else reaching it takes
+    (Sentinel's master name, the CA bundle, RabbitMQ's management API). ``url`` is the one to
+    connect with; two URLs of one identity (``redis://h/0``, ``redis://h:6379/0``) share a
+    broker."""
 
     url: str = field(repr=False, compare=False)
     identity: brokerurl.BrokerIdentity
     keys: KeyScheme = field(default_factory=KeyScheme)
+    master_name: str = ""
+    ca_data: str | None = field(default=None, repr=False)
+    management: rabbitmq.ManagementApi | None = None
 
     @classmethod
-    def of(cls, url: str, keys: KeyScheme) -> BrokerKey:
+    def of(
+        cls,
+        url: str,
+        keys: KeyScheme,
+        *,
+        master_name: str = "",
+        ca_data: str | None = None,
+        management: rabbitmq.ManagementApi | None = None,
+    ) -> BrokerKey:
         """Raises brokerurl.BrokerUrlError for a URL that cannot be used."""
         address = brokerurl.parse(url)
-        return cls(address.url, brokerurl.identity(address), keys)
+        return cls(address.url, brokerurl.identity(address), keys, master_name, ca_data, management)
+
+    @property
+    def amqp(self) -> bool:
+        return self.identity.scheme in brokerurl.AMQP_SCHEMES
+
+
+class QueueSource(Protocol):
+    """How a broker's queues are read: :class:`broker.RedisQueues`,
+    :class:`rabbitmq.RabbitQueues`. Every method raises broker.BrokerUnavailable."""
+
+    kind: str
+    """``redis``, ``redis-sentinel`` or ``rabbitmq``: what status shows."""
+    counting: str
+    """What the counts are and where they come from, for the BrokerReachable condition."""
+
+    def loads(self, queues: Sequence[str]) -> Mapping[str, QueueLoad]: ...
+
+    def heads(self, queues: Sequence[str]) -> Mapping[str, Sequence[str | None]]: ...
+
+    def beat_tick(self) -> float | None: ...
+
+    def close(self) -> None: ...
+
+
+def _celery_tls(key: BrokerKey) -> Mapping[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a TLS broker: verify it as the queue reads do."""
+    address = brokerurl.parse(key.url)
+    if not address.tls:
+        return None
+    if key.amqp:
+        tls: Mapping[str, Any] = rabbitmq.amqp_tls(address, None, key.ca_data)
+        return tls
+    return broker.redis_tls(address, key.ca_data)
+
+
+def queue_source(key: BrokerKey, *, timeout: float, connections: int) -> QueueSource:
+    """The reader for ``key``'s kind of broker."""
+    if key.amqp:
+        return rabbitmq.RabbitQueues(
+            key.url, timeout=timeout, management=key.management, ca_data=key.ca_data
+        )
+    return broker.RedisQueues(
+        key.url,
+        key.keys,
+        timeout=timeout,
+        max_connections=connections,
+        ca_data=key.ca_data,
+        master_name=key.master_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +136,9 @@ class Backlog:
     """When it was read (the poller's monotonic clock)."""
     counts: Mapping[str, int] | None
     """Messages waiting per queue; None when the broker could not be read."""
+    in_flight: Mapping[str, int] | None = None
+    """Messages delivered to workers and not acknowledged, per queue, where the broker tells
+    (RabbitMQ's management API); else None."""
     error: str | None = None
     """Why it could not be read (redacted)."""
 
@@ -85,8 +148,10 @@ class SharedBroker(Protocol):
     unit tests give a scripted one)."""
 
     name: str
+    kind: str
+    counting: str
 
-    def read_backlog(self, queues: Sequence[str]) -> Mapping[str, int]: ...
+    def read_loads(self, queues: Sequence[str]) -> Mapping[str, QueueLoad]: ...
 
     def read_heads(self, queues: Sequence[str]) -> Mapping[str, Sequence[str | None]]: ...
 
@@ -151,10 +216,16 @@ class Broker:
         self.timeout = timeout
         self.census_timeout = census_timeout
         self.clock = clock
-        self.redis: redis.Redis[bytes] = broker.connect(
-            key.url, timeout=timeout, max_connections=REDIS_CONNECTIONS
+        self.queues = queue_source(key, timeout=timeout, connections=REDIS_CONNECTIONS)
+        self.kind = self.queues.kind
+        self.counting = self.queues.counting
+        self.control = remote.control_app(
+            key.url,
+            key.keys,
+            timeout=census_timeout,
+            master_name=key.master_name,
+            use_ssl=_celery_tls(key),
         )
-        self.control = remote.control_app(key.url, key.keys, timeout=census_timeout)
         self.events = BrokerEvents(self.control, self.name)
         self.calls = 0
         """Remote-control calls made (each one broadcast per method, however many asked)."""
@@ -170,17 +241,17 @@ class Broker:
 
     # --- reads for the reconcile (through the shared pool) --------------------------------
 
-    def read_backlog(self, queues: Sequence[str]) -> Mapping[str, int]:
+    def read_loads(self, queues: Sequence[str]) -> Mapping[str, QueueLoad]:
         with self._redacted():
-            return broker.read_backlog(self.redis, queues, self.key.keys)
+            return self.queues.loads(queues)
 
     def read_heads(self, queues: Sequence[str]) -> Mapping[str, Sequence[str | None]]:
         with self._redacted():
-            return broker.read_heads(self.redis, queues, self.key.keys)
+            return self.queues.heads(queues)
 
     def read_beat_tick(self) -> float | None:
         with self._redacted():
-            return broker.read_beat_tick(self.redis, self.key.keys)
+            return self.queues.beat_tick()
 
     @contextlib.contextmanager
     def _redacted(self) -> Iterator[None]:
@@ -232,12 +303,18 @@ class Broker:
         if not queues:
             return
         counts: Mapping[str, int] | None = None
+        in_flight: dict[str, int] | None = None
         error = None
         try:
-            counts = self.read_backlog(queues)
+            loads = self.read_loads(queues)
         except broker.BrokerUnavailable as failure:
             error = str(failure)
-        reading = Backlog(at=self.clock(), counts=counts, error=error)
+        else:
+            counts = {queue: load.waiting for queue, load in loads.items()}
+            in_flight = {q: n.in_flight for q, n in loads.items() if n.in_flight is not None}
+            if len(in_flight) < len(loads):
+                in_flight = None
+        reading = Backlog(at=self.clock(), counts=counts, in_flight=in_flight, error=error)
         with self._lock:
             self._backlog = reading
         for watch in watches:
@@ -359,8 +436,7 @@ class Broker:
         with self._control_lock:
             self._drop_control_connection()
         remote.close_control_app(self.control)
-        self.redis.close()
-        self.redis.connection_pool.disconnect()
+        self.queues.close()
 
     @property
     def threads(self) -> int:

@@ -29,6 +29,14 @@ STATE_DIR_ENV: Final = "CELERY_PROBE_DIR"
 BEAT_SCHEDULE_DIR: Final = "/var/lib/celery-beat"
 BEAT_SCHEDULE_VOLUME: Final = "beat-schedule"
 
+BROKER_CA_DIR: Final = "/etc/celery-operator/broker-ca"
+BROKER_CA_FILE_NAME: Final = "ca.crt"
+BROKER_CA_FILE: Final = f"{BROKER_CA_DIR}/{BROKER_CA_FILE_NAME}"
+"""Where every container finds ``spec.broker.caSecretRef``'s bundle, whatever its key."""
+BROKER_CA_ENV: Final = "CELERY_BROKER_CA_FILE"
+"""Its path, for the probes (``celery_probes.brokercheck.CA_FILE_ENV``) and the app."""
+BROKER_CA_VOLUME: Final = "broker-ca"
+
 PROBE_COMMAND: Final = "celery-probe"
 """From the ``celery-probes`` package (``probes/``): images need it unless probes are off."""
 PROBE_STATE_DIR: Final = "/run/celery-probe"
@@ -406,7 +414,7 @@ def _pod_template(
             "tolerations": list(placement.tolerations),
             "affinity": placement.affinity,
             "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets],
-            "volumes": [*pod.volumes, *extra_volumes],
+            "volumes": [*pod.volumes, *extra_volumes, *_broker_ca_volumes(spec)],
         },
     }
 
@@ -435,8 +443,22 @@ def _container(
             if pod.container_security_context is not None
             else RESTRICTED_CONTAINER_SECURITY
         ),
-        "volumeMounts": [*pod.volume_mounts, *extra_mounts],
+        "volumeMounts": [*pod.volume_mounts, *extra_mounts, *_broker_ca_mounts(spec)],
     }
+
+
+def _broker_ca_volumes(spec: ClusterSpec) -> list[dict[str, Any]]:
+    ca = spec.broker.ca
+    if ca is None:
+        return []
+    source = {"secretName": ca.name, "items": [{"key": ca.key, "path": BROKER_CA_FILE_NAME}]}
+    return [{"name": BROKER_CA_VOLUME, "secret": source}]
+
+
+def _broker_ca_mounts(spec: ClusterSpec) -> list[dict[str, Any]]:
+    if spec.broker.ca is None:
+        return []
+    return [{"name": BROKER_CA_VOLUME, "mountPath": BROKER_CA_DIR, "readOnly": True}]
 
 
 def _operator_env(spec: ClusterSpec) -> list[dict[str, Any]]:
@@ -447,11 +469,13 @@ def _operator_env(spec: ClusterSpec) -> list[dict[str, Any]]:
     probes) to read, so that they name queue keys the way the operator counts them.
     """
     keys = spec.broker.keys
-    options = {
+    options: dict[str, Json] = {
         "global_keyprefix": keys.global_keyprefix,
         "priority_steps": list(keys.priority_steps),
         "sep": keys.separator,
     }
+    if spec.broker.master_name:
+        options["master_name"] = spec.broker.master_name
     return [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -462,6 +486,7 @@ def _operator_env(spec: ClusterSpec) -> list[dict[str, Any]]:
             },
         },
         _env("CELERY_BROKER_TRANSPORT_OPTIONS", json.dumps(options, sort_keys=True)),
+        *([_env(BROKER_CA_ENV, BROKER_CA_FILE)] if spec.broker.ca is not None else []),
     ]
 
 

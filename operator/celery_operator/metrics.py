@@ -95,6 +95,17 @@ QUEUE_MESSAGES: Final = Gauge(
     "Messages waiting in a queue, every priority list counted, at the last reconcile.",
     ["namespace", "cluster", "queue"],
 )
+QUEUE_UNACKED: Final = Gauge(
+    "celery_operator_queue_unacked",
+    "Messages of a queue delivered to workers and not yet acknowledged (prefetched, and "
+    "running with late acks), at the last reconcile; RabbitMQ with its management API only.",
+    ["namespace", "cluster", "queue"],
+)
+BROKER_INFO: Final = Gauge(
+    "celery_operator_broker_info",
+    "1, labelled with the kind of the cluster's broker (redis, redis-sentinel, rabbitmq).",
+    ["namespace", "cluster", "kind"],
+)
 QUEUE_OLDEST_AGE: Final = Gauge(
     "celery_operator_queue_oldest_message_age_seconds",
     "How long the oldest message of a queue has waited, at least: measured from when the "
@@ -142,7 +153,8 @@ PER_CLUSTER: Final[tuple[Counter | Gauge | Histogram, ...]] = (
     QUEUE_BACKLOG, TASKS_RUNNING, TASKS_PREFETCHED, DESIRED_REPLICAS, MAX_REPLICAS,
     SCALING_DECISIONS,
     TASKS, TASK_RUNTIME, TASK_WAIT, WORKERS_ONLINE,
-    QUEUE_MESSAGES, QUEUE_OLDEST_AGE, POOL_REPLICAS, BEAT_UP, BEAT_LAST_TICK, BROKER_REACHABLE,
+    QUEUE_MESSAGES, QUEUE_UNACKED, BROKER_INFO, QUEUE_OLDEST_AGE, POOL_REPLICAS, BEAT_UP,
+    BEAT_LAST_TICK, BROKER_REACHABLE,
     RECONCILE_SECONDS, RECONCILE_ERRORS,
 )  # fmt: skip
 """Every metric labelled by namespace and cluster."""

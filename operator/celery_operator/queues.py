@@ -91,3 +91,21 @@ class OldestMessages:
             ages[queue] = age
         self._first_seen = {k: v for k, v in self._first_seen.items() if k in seen}
         return ages
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """One queue's load at the moment it was read, on any broker."""
+
+    waiting: int
+    """Messages ready to be delivered: the backlog (Redis: the lists' lengths; RabbitMQ:
+    ``messages_ready``)."""
+    in_flight: int | None
+    """Messages delivered and not yet acknowledged (RabbitMQ's ``messages_unacknowledged``):
+    prefetched tasks, and running ones only with late acks (``task_acks_late``; by Celery's
+    default a task is acknowledged as it starts). None when the read cannot see them (Redis,
+    whose unacked hash is not per queue, and RabbitMQ over AMQP)."""
+    consumers: int | None
+    """Consumers of the queue; None when the read does not say."""
+    source: str
+    """How it was read (``redis``, ``management``, ``amqp``)."""

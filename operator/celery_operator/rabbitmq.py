@@ -44,6 +44,12 @@ from kombu.exceptions import OperationalError
 
 from celery_operator import brokerurl
 from celery_operator.broker import BrokerUnavailable
+from celery_operator.queues import QueueLoad
+
+__all__ = ["ManagementApi", "QueueLoad", "RabbitQueues", "read_amqp", "read_management"]
+
+KIND: Final = "rabbitmq"
+""":attr:`RabbitQueues.kind`, as status and ``kubectl get -o wide`` show it."""
 
 MANAGEMENT: Final = "management"
 """:attr:`QueueLoad.source` of a count read from the management HTTP API."""
@@ -67,23 +73,6 @@ NOT_FOUND: Final = 404
 
 
 @dataclass(frozen=True)
-class QueueLoad:
-    """One queue's load at the moment it was read."""
-
-    waiting: int
-    """Messages ready to be delivered (``messages_ready``): the backlog."""
-    in_flight: int | None
-    """Messages delivered and not yet acknowledged (``messages_unacknowledged``): prefetched
-    tasks, and running ones only with late acks (``task_acks_late``; by Celery's default a
-    task is acknowledged as it starts). None when the read cannot see them (AMQP)."""
-    consumers: int | None
-    """Consumers of the queue; None when the read does not say (management API, see the module
-    docstring)."""
-    source: str
-    """How it was read: :data:`MANAGEMENT` or :data:`AMQP`."""
-
-
-@dataclass(frozen=True)
 class ManagementApi:
     """Where a broker's management HTTP API is and how to log in; ``repr()`` shows no password.
 
@@ -96,7 +85,10 @@ class ManagementApi:
     username: str
     password: str = field(repr=False)
     ca_file: str | None = None
-    """A CA bundle (PEM) to verify an ``https`` API's certificate with, instead of the system's."""
+    """A CA bundle (PEM file) to verify an ``https`` API's certificate with, instead of the
+    system's."""
+    ca_data: str | None = field(default=None, repr=False, compare=False)
+    """The same as PEM text (``spec.broker.caSecretRef``'s), used instead of ``ca_file``."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -176,7 +168,9 @@ def read_management(
     parts = urlsplit(api.url)
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=api.ca_file)
+        context = ssl.create_default_context(
+            cafile=None if api.ca_data else api.ca_file, cadata=api.ca_data
+        )
         connection = http.client.HTTPSConnection(
             parts.hostname or "", parts.port, timeout=timeout, context=context
         )
@@ -208,7 +202,12 @@ def read_management(
 
 
 def read_amqp(
-    url: str, queues: Sequence[str], *, timeout: float, ca_file: str | None = None
+    url: str,
+    queues: Sequence[str],
+    *,
+    timeout: float,
+    ca_file: str | None = None,
+    ca_data: str | None = None,
 ) -> dict[str, QueueLoad]:
     """The ready messages and consumers of each of ``queues``, by AMQP passive
     ``queue_declare`` over one connection to the broker URL ``url`` (``amqp://``, ``amqps://``;
@@ -219,8 +218,8 @@ def read_amqp(
     channel. Of a ``;``-separated failover list, the first host that answers is read. Raises
     BrokerUnavailable when the broker cannot be reached or refuses us, and
     :class:`celery_operator.brokerurl.BrokerUrlError` (a ValueError) for a URL that cannot be
-    used. ``ca_file`` verifies an ``amqps`` broker's certificate instead of the system's CA
-    bundle.
+    used. ``ca_file`` (or the PEM text ``ca_data``) verifies an ``amqps`` broker's certificate
+    instead of the system's CA bundle.
     """
     address = brokerurl.parse(url)
     brokerurl.check_supported(address, brokerurl.AMQP_SCHEMES)
@@ -230,7 +229,7 @@ def read_amqp(
         address.url,
         connect_timeout=timeout,
         heartbeat=0,
-        ssl=_amqp_tls(address, ca_file),
+        ssl=amqp_tls(address, ca_file, ca_data),
         transport_options={"read_timeout": timeout, "write_timeout": timeout},
     )
     errors = (OSError, OperationalError, *connection.connection_errors)
@@ -317,13 +316,63 @@ def _error_reason(body: bytes) -> str:
     return f": {' '.join(reason.split())[:MAX_REASON_CHARS]}"
 
 
-def _amqp_tls(address: brokerurl.BrokerAddress, ca_file: str | None) -> Any:
+def amqp_tls(
+    address: brokerurl.BrokerAddress, ca_file: str | None, ca_data: str | None = None
+) -> Any:
     """py-amqp's ``ssl`` argument: for ``amqps`` a context that verifies the certificate and the
     host name (``ssl.create_default_context``), for ``amqp`` none."""
     if not address.tls:
         return False
-    context: dict[str, Any] = (
-        {"cafile": ca_file} if ca_file else {"purpose": ssl.Purpose.SERVER_AUTH}
-    )
+    context: dict[str, Any]
+    if ca_data:
+        context = {"cadata": ca_data}
+    elif ca_file:
+        context = {"cafile": ca_file}
+    else:
+        context = {"purpose": ssl.Purpose.SERVER_AUTH}
     # None: kombu puts in the host it connects to (each of a failover list in turn).
     return {"context": context, "server_hostname": None}
+
+
+class RabbitQueues:
+    """A RabbitMQ broker's queues, as :class:`celery_operator.brokers.Broker` reads them: from
+    the management API when one is configured, else by AMQP passive declares (ready only)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        management: ManagementApi | None = None,
+        ca_data: str | None = None,
+    ) -> None:
+        address = brokerurl.parse(url)
+        brokerurl.check_supported(address, brokerurl.AMQP_SCHEMES)
+        self.url = address.url
+        self.vhost = address.virtual_host or brokerurl.DEFAULT_VIRTUAL_HOST
+        self.timeout = timeout
+        self.ca_data = ca_data
+        self.management = management
+        self.kind = KIND
+        self.counting = (
+            f"ready and unacknowledged messages read from the management API {management.display}"
+            if management is not None
+            else "ready messages read by AMQP passive declare; messages in flight (unacked) are "
+            "unknown without spec.broker.managementApi"
+        )
+
+    def loads(self, queues: Sequence[str]) -> dict[str, QueueLoad]:
+        if self.management is not None:
+            return read_management(self.management, self.vhost, queues, timeout=self.timeout)
+        return read_amqp(self.url, queues, timeout=self.timeout, ca_data=self.ca_data)
+
+    def heads(self, queues: Sequence[str]) -> dict[str, tuple[str | None, ...]]:
+        """Nothing: reading a RabbitMQ queue's oldest message would take it (and redeliver it)."""
+        return {}
+
+    def beat_tick(self) -> float | None:
+        """None: beat announces its ticks on Redis brokers only."""
+        return None
+
+    def close(self) -> None:
+        """Nothing is held between reads: each poll makes its one request or connection."""

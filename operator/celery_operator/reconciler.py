@@ -42,6 +42,7 @@ from celery_operator import (
     health,
     metrics,
     naming,
+    rabbitmq,
     status,
 )
 from celery_operator.autoscaler import Autoscaler, Target
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-SUPPORTED_BROKERS: Final = frozenset({"redis", "rediss"})
+SUPPORTED_BROKERS: Final = frozenset({"redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp"})
 """Broker URL schemes the operator can read (queue lengths, remote control, events)."""
 
 
@@ -97,6 +98,7 @@ class _Pass:
     replicas: dict[str, int] = field(default_factory=dict)
     actions: list[diff.Action] = field(default_factory=list)
     queue_backlog: Mapping[str, int] | None = None
+    queue_unacked: Mapping[str, int] | None = None
     broker_error: str | None = None
     health: HealthReport | None = None
     beat_failure: status.CreateFailure | None = None
@@ -235,9 +237,10 @@ class Reconciler:
             run.problems.append(found)
         else:
             uid, url = found
+            extras = self._broker_extras(run.key[0], spec)
             try:
-                run.broker_key = BrokerKey.of(url, ref.keys)
-                brokerurl.check_supported(brokerurl.parse(url), SUPPORTED_BROKERS)
+                address = brokerurl.parse(url)
+                brokerurl.check_supported(address, SUPPORTED_BROKERS)
             except brokerurl.BrokerUrlError as error:  # its text never quotes the URL
                 run.problems.append(
                     status.Problem(
@@ -247,8 +250,22 @@ class Reconciler:
                     )
                 )
             else:
-                run.broker_url = url
-                run.secret_digests[naming.WORKER] = _digest(uid, url)
+                mismatch = _broker_mismatch(address, spec)
+                if mismatch is not None:
+                    run.problems.append(mismatch)
+                elif isinstance(extras, status.Problem):
+                    run.problems.append(extras)
+                else:
+                    ca_data, management, ca_uid = extras
+                    run.broker_key = BrokerKey.of(
+                        url,
+                        ref.keys,
+                        master_name=ref.master_name,
+                        ca_data=ca_data,
+                        management=management,
+                    )
+                    run.broker_url = url
+                    run.secret_digests[naming.WORKER] = _digest(uid + ca_uid, url + (ca_data or ""))
         if spec.flower.enabled:
             login = self._secret_value(
                 run.key[0],
@@ -317,7 +334,11 @@ class Reconciler:
             return
         queues = sorted({q for pool in spec.workers for q in pool.queues})
         try:
-            run.queue_backlog = shared.read_backlog(queues)
+            loads = shared.read_loads(queues)
+            run.queue_backlog = {queue: load.waiting for queue, load in loads.items()}
+            run.queue_unacked = {
+                q: load.in_flight for q, load in loads.items() if load.in_flight is not None
+            }
         except Exception as error:  # any broker failure: report it, never stop reconciling
             run.broker_error = brokerurl.redact(f"{type(error).__name__}: {error}", run.broker_url)
             return
@@ -437,8 +458,54 @@ class Reconciler:
             return
         run.beat_failure = status.beat_create_failure(events, self.clock())
 
+    def _broker_extras(
+        self, namespace: str, spec: ClusterSpec
+    ) -> tuple[str | None, rabbitmq.ManagementApi | None, str] | status.Problem:
+        """The CA bundle (PEM), the management API with its login, and the CA Secret's uid
+        (for the pods' digest), or the problem with the Secret that holds one of them."""
+        ref = spec.broker
+        ca_data, ca_uid, management = None, "", None
+        if ref.ca is not None:
+            found = self._secret_value(
+                namespace,
+                "spec.broker.caSecretRef",
+                ref.ca.name,
+                ref.ca.key,
+                status.Reason.BROKER_SECRET_MISSING,
+            )
+            if isinstance(found, status.Problem):
+                return found
+            ca_uid, ca_data = found
+            if "-----BEGIN CERTIFICATE-----" not in ca_data:
+                return status.Problem(
+                    status.Reason.BROKER_SECRET_MISSING,
+                    f"spec.broker.caSecretRef.key: Secret {ref.ca.name!r} key {ref.ca.key!r} "
+                    "holds no PEM certificate",
+                )
+        if ref.management is not None:
+            api = ref.management
+            field = "spec.broker.managementApi.credentialsSecretRef"
+            login: list[str] = []
+            for key, key_field in (
+                (api.username_key, "usernameKey"),
+                (api.password_key, "passwordKey"),
+            ):
+                found = self._secret_value(
+                    namespace,
+                    field,
+                    api.secret_name,
+                    key,
+                    status.Reason.BROKER_SECRET_MISSING,
+                    key_field=key_field,
+                )
+                if isinstance(found, status.Problem):
+                    return found
+                login.append(found[1])
+            management = rabbitmq.ManagementApi(api.url, login[0], login[1], ca_data=ca_data)
+        return ca_data, management, ca_uid
+
     def _secret_value(
-        self, namespace: str, field: str, name: str, key: str, reason: str
+        self, namespace: str, field: str, name: str, key: str, reason: str, key_field: str = "key"
     ) -> tuple[str, str] | status.Problem:
         """(the Secret's uid, the key's decoded value), or the problem that names ``field``."""
         secret = self.kube.get_secret(namespace, name)
@@ -450,7 +517,7 @@ class Reconciler:
         if key not in data:
             return status.Problem(
                 reason,
-                f"{field}.key: Secret {name!r} has no key {key!r} "
+                f"{field}.{key_field}: Secret {name!r} has no key {key!r} "
                 f"(it has: {', '.join(sorted(data)) or 'none'})",
             )
         try:
@@ -458,7 +525,8 @@ class Reconciler:
         except (binascii.Error, UnicodeDecodeError):
             return status.Problem(
                 reason,
-                f"{field}.key: Secret {name!r} key {key!r} is not valid base64-encoded text",
+                f"{field}.{key_field}: Secret {name!r} key {key!r} is not valid "
+                "base64-encoded text",
             )
         return str(secret.get("metadata", {}).get("uid", "")), value
 
@@ -603,11 +671,31 @@ class Reconciler:
             beat_create_failure=run.beat_failure,
             problems=tuple(run.problems),
             queue_backlog=run.queue_backlog,
+            queue_unacked=run.queue_unacked,
             broker_error=run.broker_error,
+            broker_kind=run.broker.kind if run.broker is not None else None,
+            broker_counting=run.broker.counting if run.broker is not None else None,
             flower=flower,
             health=run.health,
             scaling=scaling,
         )
+
+
+def _broker_mismatch(address: brokerurl.BrokerAddress, spec: ClusterSpec) -> status.Problem | None:
+    """A spec field that the broker URL's kind cannot use, or that it needs and lacks."""
+    ref = spec.broker
+    where = f"the broker URL in Secret {ref.secret_name!r} is {address.scheme}://"
+    if address.scheme == "sentinel" and not ref.master_name:
+        return status.Problem(
+            status.Reason.INVALID_SPEC,
+            f"spec.broker.transportOptions.masterName: is required: {where} (Redis Sentinel)",
+        )
+    if ref.management is not None and address.scheme not in brokerurl.AMQP_SCHEMES:
+        return status.Problem(
+            status.Reason.INVALID_SPEC,
+            f"spec.broker.managementApi: is for RabbitMQ (amqp://, amqps://) only: {where}",
+        )
+    return None
 
 
 def _has_pods(run: _Pass) -> bool:
@@ -651,6 +739,10 @@ def _export_cluster(namespace: str, name: str, seen: status.Observation) -> None
     """The reconcile's own readings as gauges (by queue and pool, never by pod)."""
     for queue, count in (seen.queue_backlog or {}).items():
         metrics.QUEUE_MESSAGES.labels(namespace, name, queue).set(count)
+    for queue, count in (seen.queue_unacked or {}).items():
+        metrics.QUEUE_UNACKED.labels(namespace, name, queue).set(count)
+    if seen.broker_kind is not None:
+        metrics.BROKER_INFO.labels(namespace, name, seen.broker_kind).set(1)
     for pool in seen.pools:
         for kind, value in (
             ("desired", pool.desired),

@@ -37,9 +37,18 @@ class WorkersUnreachable(Exception):  # noqa: N818 (a state, named as the caller
     """The broker could not be reached, so no worker could be asked."""
 
 
-def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
+def control_app(
+    url: str,
+    keys: KeyScheme,
+    *,
+    timeout: float,
+    master_name: str = "",
+    use_ssl: Mapping[str, Any] | None = None,
+) -> Celery:
     """A Celery app used only to broadcast, with the workers' transport options: with a
-    ``global_keyprefix`` even the pidbox channels are prefixed."""
+    ``global_keyprefix`` even the pidbox channels are prefixed; behind Sentinel,
+    ``master_name`` names the master. ``use_ssl`` is Celery's ``broker_use_ssl`` for a TLS
+    broker (the CA to verify it with)."""
     app = Celery("celery-operator-monitor", broker=url, set_as_current=False)
     options: dict[str, Any] = {
         "priority_steps": list(keys.priority_steps),
@@ -47,12 +56,16 @@ def control_app(url: str, keys: KeyScheme, *, timeout: float) -> Celery:
     }
     if keys.global_keyprefix:
         options["global_keyprefix"] = keys.global_keyprefix
+    if master_name:
+        options["master_name"] = master_name
     app.conf.update(
         broker_transport_options=options,
         broker_connection_timeout=timeout,
         broker_connection_retry=False,
         broker_connection_max_retries=CONNECT_ATTEMPTS,
     )
+    if use_ssl is not None:
+        app.conf.broker_use_ssl = dict(use_ssl)
     return app
 
 

@@ -70,6 +70,11 @@ class Load:
     """Tasks prefetched by the workers and not started yet (for status; see ``busy_workers``)."""
     busy_workers: int = 0
     """Workers holding at least one task, running or prefetched."""
+    unacked: int | None = None
+    """Messages of the pool's queues that the broker delivered and has no ack for yet
+    (RabbitMQ's management API; prefetched tasks, and running ones with late acks); None where
+    the broker does not tell (Redis). Counted as work in flight, at least as much as
+    ``running``: a pool never shrinks below what the broker says its workers hold."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,11 @@ def decide(
     history = dataclasses.replace(history, unreadable_since=None)
     capacity = concurrency * policy.target_tasks_per_slot
     running = load.running or 0
-    work = load.backlog + running
+    in_flight = running if load.unacked is None else max(running, load.unacked)
+    work = load.backlog + in_flight
     summary = f"{load.backlog} waiting + {running} running"
+    if load.unacked is not None:
+        summary += f" ({load.unacked} unacked)"
 
     if current == 0:
         if load.backlog > policy.activation_backlog:

@@ -23,6 +23,9 @@ Json = Any
 
 DEFAULT_IMAGE_PULL_POLICY: Final = "IfNotPresent"
 DEFAULT_SECRET_KEY: Final = "url"
+DEFAULT_CA_KEY: Final = "ca.crt"
+DEFAULT_USERNAME_KEY: Final = "username"
+DEFAULT_PASSWORD_KEY: Final = "password"
 DEFAULT_QUEUES: Final = ("celery",)
 DEFAULT_REPLICAS: Final = 1
 DEFAULT_CONCURRENCY: Final = 2
@@ -80,6 +83,8 @@ MAX_OBJECT_NAME: Final = 63
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _APP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_.]*)?$")
+_MANAGEMENT_URL = re.compile(r"^https?://[^/@?#\s]+(/[^@?#\s]*)?$")
+"""scheme, host, port and an optional path prefix; no login (that comes from the Secret)."""
 
 
 class SpecError(ValueError):
@@ -268,12 +273,37 @@ class Probes:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a Secret in the CeleryCluster's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ManagementApiRef:
+    """A RabbitMQ broker's management HTTP API: where it is, and the Secret with its login."""
+
+    url: str
+    secret_name: str
+    username_key: str = DEFAULT_USERNAME_KEY
+    password_key: str = DEFAULT_PASSWORD_KEY
+
+
+@dataclass(frozen=True)
 class Broker:
-    """Where the broker URL lives (a Secret key) and how the app's transport names queue keys."""
+    """Where the broker URL lives (a Secret key), how the app's transport names queue keys, and
+    what else the operator needs to reach the broker: a CA bundle for TLS, Sentinel's master
+    name, RabbitMQ's management API."""
 
     secret_name: str
     secret_key: str = DEFAULT_SECRET_KEY
     keys: KeyScheme = field(default_factory=KeyScheme)
+    master_name: str = ""
+    """Sentinel's ``master_name`` transport option: which monitored master is the broker."""
+    ca: SecretKeyRef | None = None
+    """A CA bundle (PEM) that signed a TLS broker's certificate, for the operator and the pods."""
+    management: ManagementApiRef | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +416,17 @@ def _parse_broker(r: _Reader) -> Broker:
             f"{options.path}.prioritySteps",
             f"must be sorted ascending without duplicates (got {list(steps)})",
         )
+    ca = r.object("caSecretRef")
+    api = r.object("managementApi")
+    management = None
+    if api.raw:
+        login = api.object("credentialsSecretRef", required=True)
+        management = ManagementApiRef(
+            url=_management_url(api),
+            secret_name=login.string("name", required=True, min_length=1),
+            username_key=login.string("usernameKey", default=DEFAULT_USERNAME_KEY, min_length=1),
+            password_key=login.string("passwordKey", default=DEFAULT_PASSWORD_KEY, min_length=1),
+        )
     return Broker(
         secret_name=ref.string("name", required=True, min_length=1),
         secret_key=ref.string("key", default=DEFAULT_SECRET_KEY, min_length=1),
@@ -394,7 +435,29 @@ def _parse_broker(r: _Reader) -> Broker:
             priority_steps=steps,
             separator=options.string("separator", default=DEFAULT_SEPARATOR),
         ),
+        master_name=options.string("masterName", default=""),
+        ca=(
+            SecretKeyRef(
+                ca.string("name", required=True, min_length=1),
+                ca.string("key", default=DEFAULT_CA_KEY, min_length=1),
+            )
+            if ca.raw
+            else None
+        ),
+        management=management,
     )
+
+
+def _management_url(api: _Reader) -> str:
+    """The API's URL, checked without quoting it: a user may have put the login in it."""
+    url = api.string("url", required=True)
+    if not _MANAGEMENT_URL.match(url):
+        raise SpecError(
+            f"{api.path}.url",
+            "must be http(s)://host[:port][/path prefix], without user, password, query or "
+            "fragment (the login goes in credentialsSecretRef)",
+        )
+    return url
 
 
 def _parse_pool(r: _Reader) -> WorkerPool:

@@ -125,8 +125,15 @@ class Observation:
     problems: tuple[Problem, ...] = ()
     queue_backlog: Mapping[str, int] | None = None
     """Messages waiting per queue, every priority list counted; None when not read."""
+    queue_unacked: Mapping[str, int] | None = None
+    """Messages delivered and not acknowledged per queue, where the broker tells (RabbitMQ's
+    management API); None or empty elsewhere."""
     broker_error: str | None = None
     """Why the broker could not be read; None when it was read or not tried."""
+    broker_kind: str | None = None
+    """``redis``, ``redis-sentinel`` or ``rabbitmq``; None before the broker is known."""
+    broker_counting: str | None = None
+    """How its queues are counted (for the BrokerReachable message)."""
     health: health.HealthReport | None = None
     """The last hung-worker cycle; None when none ran (no monitor, or the spec is invalid)."""
     scaling: tuple[scaling.PoolReport, ...] = ()
@@ -309,6 +316,12 @@ def compute(
     if scales:
         last, pool = max(scales, key=lambda item: item[0].at)
         status["lastScale"] = f"{pool} {last.before}→{last.after} ({last.reason})"
+    if seen.broker_kind is not None:
+        status["broker"] = seen.broker_kind
+    elif "broker" in previous:
+        status["broker"] = previous["broker"]
+    if seen.queue_unacked:
+        status["unacked"] = sum(seen.queue_unacked.values())
     if seen.queue_backlog is not None:
         # Over distinct queues: two pools consuming one queue must not count it twice.
         status["backlog"] = sum(seen.queue_backlog.values())
@@ -514,7 +527,7 @@ def _conditions(
     if seen.broker_error is not None:
         broker = ("False", Reason.BROKER_UNREACHABLE, seen.broker_error)
     elif seen.queue_backlog is not None:
-        broker = ("True", Reason.BROKER_OK, "queue lengths read from the broker")
+        broker = ("True", Reason.BROKER_OK, seen.broker_counting or "queues read from the broker")
     else:
         broker = ("Unknown", Reason.BROKER_UNKNOWN, "the broker was not read")
 

@@ -11,6 +11,7 @@ One server serves the whole module (about 5 s to start); every test uses queues 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from celery import Celery
 
 from celery_operator import rabbitmq
 from celery_operator.broker import BrokerUnavailable
+from celery_operator.brokers import Backlog, Broker, BrokerKey
 from celery_operator.queues import KeyScheme
 from celery_operator.rabbitmq import AMQP, MANAGEMENT, ManagementApi, QueueLoad
 from celery_operator.remote import census, control_app, tasks_in_hand
@@ -439,3 +441,105 @@ def test_a_stopped_rabbitmq_is_unavailable_at_once_and_readable_after_restart(
         assert rabbit.password not in message
         assert rabbit.username not in message
     assert rabbitmq.read_management(api, "/", ["celery"], timeout=TIMEOUT)["celery"].waiting == 0
+
+
+# --- the operator's shared broker on RabbitMQ ----------------------------------------------------
+
+
+def _connections(rabbit: RabbitServer, user: str) -> int:
+    rows = json.loads(rabbit.ctl("list_connections", "--formatter", "json", "user"))
+    return sum(1 for row in rows if row.get("user") == user)
+
+
+def test_the_shared_broker_counts_polls_asks_and_hears_workers_on_rabbitmq(
+    rabbit: RabbitServer, api: ManagementApi, worker: WorkerStarter
+) -> None:
+    """What the operator holds per broker, on RabbitMQ: the poll's waiting and unacked counts
+    (as rabbitmqctl's), the census and the tasks in hand addressed to the cluster's worker, its
+    events; and nothing left connected once the broker is closed."""
+    queue = unique("shared")
+    held = worker(
+        "-Q", queue, "-c", "1", "--prefetch-multiplier", "4", "-P", "prefork", "-E",
+        name=queue, settings={"task_default_queue": queue},
+    )  # fmt: skip
+    before = _connections(rabbit, rabbit.username)
+    shared = Broker(
+        BrokerKey.of(rabbit.amqp_url(), KeyScheme(), management=api),
+        timeout=TIMEOUT,
+        census_timeout=TIMEOUT,
+    )
+    cluster = ("ns", "rabbit")
+    try:
+        assert (shared.kind, shared.name) == ("rabbitmq", f"amqp://127.0.0.1:{rabbit.amqp_port}//")
+        assert "management API" in shared.counting
+        shared.subscribe_events(cluster, {queue: "default"})
+        shared.claim_nodes(cluster, [held.node])
+        woken = threading.Event()
+        shared.watch(cluster, [queue], 0.2, woken.set)
+        app = producer(rabbit.amqp_url())
+        for _ in range(SENT):
+            app.send_task(SLEEP_TASK, args=[LONG], queue=queue)
+        app.close()
+
+        def polled() -> Backlog | None:
+            reading = shared.backlog()
+            if reading is None or reading.counts is None or reading.in_flight is None:
+                return None
+            return reading if (reading.counts[queue], reading.in_flight[queue]) == (6, 4) else None
+
+        wait_for(
+            polled,
+            timeout=30,
+            message=f"the poll never saw 6 ready + 4 unacked: {shared.backlog()}",
+        )
+        assert woken.is_set()
+        assert rabbit.list_queues("/")[queue] == (6, 4, 1)
+        load = shared.read_loads([queue])[queue]
+        assert (load.waiting, load.in_flight) == (6, 4)
+        replies = shared.census([held.node, "ghost@integration"])
+        assert list(replies) == [held.node]
+        assert shared.tasks_in_hand([held.node]) == {held.node: (1, 3)}
+        online = wait_for(
+            lambda: shared.workers_online(cluster),
+            timeout=30,
+            message=f"no heartbeat of {held.node} routed to its cluster",
+        )
+        assert sum(online.values()) == 1  # by pool: the node's name before the @
+        assert shared.threads == 2
+    finally:
+        shared.release(cluster)
+        shared.close()
+    assert shared.threads == 0
+    wait_for(
+        lambda: _connections(rabbit, rabbit.username) <= before,
+        timeout=15,
+        message="the closed broker left AMQP connections open",
+    )
+
+
+def test_without_a_management_api_the_shared_broker_says_unacked_is_unknown(
+    rabbit: RabbitServer,
+) -> None:
+    queue = unique("fallback")
+    app = producer(rabbit.amqp_url(), {"task_default_queue": queue})
+    for _ in range(3):
+        app.send_task(SLEEP_TASK, args=[0], queue=queue)
+    app.close()
+    shared = Broker(
+        BrokerKey.of(rabbit.amqp_url(), KeyScheme()), timeout=TIMEOUT, census_timeout=TIMEOUT
+    )
+    try:
+        assert "unknown without spec.broker.managementApi" in shared.counting
+
+        def three_ready() -> QueueLoad | None:
+            load = shared.read_loads([queue])[queue]
+            return load if load.waiting == 3 else None
+
+        load = wait_for(three_ready, timeout=15, message="the fallback never counted 3 ready")
+        assert load == QueueLoad(waiting=3, in_flight=None, consumers=0, source=AMQP)
+        shared.watch(("ns", "fallback"), [queue], 0.2, lambda: None)
+        reading = wait_for(shared.backlog, timeout=10, message="no poll")
+        assert reading.counts == {queue: 3}
+        assert reading.in_flight is None
+    finally:
+        shared.close()

@@ -129,7 +129,7 @@ def test_a_closed_broker_leaves_no_thread_and_no_connection(
     wait_for(lambda: shared.events.connected, timeout=10, message="events never connected")
     for _ in clusters:  # each cluster's census and reads, one after the other
         shared.census([worker.node])
-        shared.read_backlog(["q"])
+        shared.read_loads(["q"])
     held = _clients(redis_server, redis_client) - before_clients
     assert held <= 10, f"{held} connections for one broker"
     assert threading.active_count() - before_threads == shared.threads == 2

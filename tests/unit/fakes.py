@@ -22,6 +22,7 @@ from celery_operator import naming
 from celery_operator.brokers import Backlog, BrokerKey, Brokers, ClusterKey
 from celery_operator.health import Reply
 from celery_operator.kube import EventTarget, Kube
+from celery_operator.queues import QueueLoad
 
 Obj = dict[str, Any]
 
@@ -195,7 +196,11 @@ class ScriptedBroker:
 
     key: BrokerKey
     name: str = "redis://broker:6379/0"
+    kind: str = "redis"
+    counting: str = "queue lengths read from Redis (every priority list)"
     waiting: dict[str, int] = field(default_factory=dict)
+    unacked: dict[str, int] | None = None
+    """Per queue, as RabbitMQ's management API tells; None: the broker does not (Redis)."""
     down: bool = False
     watched: dict[ClusterKey, frozenset[str]] = field(default_factory=dict)
     wakes: dict[ClusterKey, Callable[[], None]] = field(default_factory=dict)
@@ -213,9 +218,17 @@ class ScriptedBroker:
 
             raise BrokerUnavailable("cannot read queue lengths: connection refused")
 
-    def read_backlog(self, queues: Sequence[str]) -> Mapping[str, int]:
+    def read_loads(self, queues: Sequence[str]) -> Mapping[str, QueueLoad]:
         self._check()
-        return {q: self.waiting.get(q, 0) for q in queues}
+        return {
+            q: QueueLoad(
+                waiting=self.waiting.get(q, 0),
+                in_flight=None if self.unacked is None else self.unacked.get(q, 0),
+                consumers=None,
+                source="scripted",
+            )
+            for q in queues
+        }
 
     def read_heads(self, queues: Sequence[str]) -> Mapping[str, Sequence[str | None]]:
         self._check()
@@ -241,7 +254,14 @@ class ScriptedBroker:
         if self.down:
             return Backlog(at=self.clock(), counts=None, error="connection refused")
         queues = {q for qs in self.watched.values() for q in qs}
-        return Backlog(at=self.clock(), counts={q: self.waiting.get(q, 0) for q in queues})
+        in_flight = None
+        if self.unacked is not None:
+            in_flight = {q: self.unacked.get(q, 0) for q in queues}
+        return Backlog(
+            at=self.clock(),
+            counts={q: self.waiting.get(q, 0) for q in queues},
+            in_flight=in_flight,
+        )
 
     def census(self, nodes: Sequence[str]) -> Mapping[str, Reply]:
         self.census_calls.append(list(nodes))

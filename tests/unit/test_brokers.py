@@ -173,5 +173,5 @@ def test_a_closed_broker_asks_and_reads_nothing() -> None:
     with pytest.raises(remote.WorkersUnreachable, match="no longer used"):
         closed.census(["a@p1"])
     with pytest.raises(broker.BrokerUnavailable, match="no longer used"):
-        closed.read_backlog(["q"])
+        closed.read_loads(["q"])
     assert closed._control_conn is None

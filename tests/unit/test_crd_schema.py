@@ -351,13 +351,14 @@ def test_printer_columns_read_fields_of_their_type(
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(columns) == [
         "Workers", "Beat", "Backlog", "In-Flight", "Last-Scale", "Scaling", "Status", "Age", "App",
-        "Image",
+        "Image", "Broker",
     ]  # fmt: skip
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
     assert {n for n, c in columns.items() if c.get("priority", 0) == 1} == {
         "Scaling",
         "App",
         "Image",
+        "Broker",
     }
     for name, column in columns.items():
         if column["jsonPath"].startswith(".metadata."):

@@ -208,11 +208,11 @@ def test_an_unparseable_broker_url_degrades_the_cluster_and_never_shows_the_pass
 
 
 def test_an_unsupported_broker_scheme_is_named_without_the_url(op: Operator) -> None:
-    op.add("demo", _spec(), url="amqp://guest:hunter2@rabbit.example:5672//")
+    op.add("demo", _spec(), url="sqs://AKIA:hunter2@rabbit.example/queue")
     op.reconciler.reconcile(NS, "demo")
     status = op.kube.objects[("CeleryCluster", NS, "demo")]["status"]
     [degraded] = [c for c in status["conditions"] if c["type"] == "Degraded"]
-    assert "'amqp' is not supported" in degraded["message"]
+    assert "'sqs' is not supported" in degraded["message"]
     assert "hunter2" not in repr(status)
     assert "rabbit.example" not in degraded["message"]
 
