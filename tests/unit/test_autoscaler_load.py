@@ -46,3 +46,12 @@ def test_a_pool_at_zero_holds_nothing_even_unasked() -> None:
 
 def test_an_unreadable_broker_leaves_the_backlog_unknown() -> None:
     assert pool_load(POOL, 5, None, _reading(), NOW).backlog is None
+
+
+def test_rabbitmqs_unacked_counts_of_the_pools_queues_are_summed_asked_or_not() -> None:
+    unacked = {"a": 2, "b": 1, "c": 50}
+    asked = pool_load(POOL, 5, {"a": 7}, _reading(), NOW, unacked=unacked)
+    assert asked == Load(backlog=7, running=2, held=4, busy_workers=3, unacked=3)
+    unasked = pool_load(POOL, 5, {"a": 7}, None, NOW, unacked=unacked)
+    assert unasked == Load(backlog=7, running=None, unacked=3)
+    assert pool_load(POOL, 5, {"a": 7}, None, NOW).unacked is None  # Redis: not told

@@ -2,17 +2,19 @@
 
 The operator gives every container ``CELERY_BROKER_URL`` (from the user's Secret) and
 ``CELERY_BROKER_TRANSPORT_OPTIONS`` (JSON), so the app names its Redis keys exactly the way the
-operator counts them.
+operator counts them (and, behind Sentinel, finds the master by the same ``master_name``).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 
 BEAT_TICK_TASK: Final = "celery_demo.tasks.beat_tick"
 DEFAULT_BEAT_INTERVAL_SECONDS: Final = 10.0
+AMQP_SCHEMES: Final = ("amqp", "amqps", "pyamqp")
 
 
 def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -25,18 +27,25 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     ``CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS``: the same for the result backend; when unset, the
     result backend takes the broker's ``global_keyprefix`` (if any), so that every key the app
     writes carries the prefix.
+    ``CELERY_BROKER_CA_FILE``: the CA bundle the operator mounts from ``caSecretRef``, with
+    which a TLS broker (``rediss://``, ``amqps://``) is verified.
     ``CELERY_DEMO_BEAT_INTERVAL``: seconds between two ``beat_tick`` runs (float, default 10).
+
+    On RabbitMQ the result backend defaults to ``rpc://`` (results as AMQP messages back to the
+    caller): Celery has no ``amqp://`` result backend.
     """
     broker_url = environ.get("CELERY_BROKER_URL") or None
+    scheme = (broker_url or "").partition("://")[0].lower()
+    default_backend = "rpc://" if scheme in AMQP_SCHEMES else broker_url
     broker_options = _json_object(environ, "CELERY_BROKER_TRANSPORT_OPTIONS")
     if "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS" in environ:
         backend_options = _json_object(environ, "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS")
     else:
         prefix = broker_options.get("global_keyprefix") or ""
         backend_options = {"global_keyprefix": prefix} if prefix else {}
-    return {
+    settings: dict[str, Any] = {
         "broker_url": broker_url,
-        "result_backend": environ.get("CELERY_RESULT_BACKEND") or broker_url,
+        "result_backend": environ.get("CELERY_RESULT_BACKEND") or default_backend,
         "broker_transport_options": broker_options,
         "result_backend_transport_options": backend_options,
         # Keep retrying the broker at startup too (the default changes in Celery 6): a pod that
@@ -61,6 +70,12 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             },
         },
     }
+    ca_file = environ.get("CELERY_BROKER_CA_FILE")
+    if ca_file and scheme == "amqps":
+        settings["broker_use_ssl"] = {"ca_certs": ca_file, "cert_reqs": ssl.CERT_REQUIRED}
+    elif ca_file and scheme == "rediss":
+        settings["broker_use_ssl"] = {"ssl_ca_certs": ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return settings
 
 
 def beat_interval_seconds(environ: Mapping[str, str]) -> float:
