@@ -219,12 +219,13 @@ class Broker:
         self.queues = queue_source(key, timeout=timeout, connections=REDIS_CONNECTIONS)
         self.kind = self.queues.kind
         self.counting = self.queues.counting
+        tls = _celery_tls(key)
         self.control = remote.control_app(
-            key.url,
+            brokerurl.without_tls_query(key.url) if tls is not None else key.url,
             key.keys,
             timeout=census_timeout,
             master_name=key.master_name,
-            use_ssl=_celery_tls(key),
+            use_ssl=tls,
         )
         self.events = BrokerEvents(self.control, self.name)
         self.calls = 0

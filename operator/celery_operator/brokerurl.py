@@ -223,6 +223,20 @@ def identity(address: BrokerAddress) -> BrokerIdentity:
     )
 
 
+def without_tls_query(url: str) -> str:
+    """``url`` (each URL of a ``;`` list) without its ``ssl_*`` query parameters, for a client
+    given the TLS options some other way (kombu with Celery's ``broker_use_ssl``): kombu would
+    otherwise take the URL's ``ssl_ca_certs``, a path that exists in the pods only."""
+    entries = []
+    for entry in url.strip().split(";"):
+        base, mark, query = entry.partition("?")
+        kept = "&".join(
+            part for part in query.split("&") if part and not part.lower().startswith("ssl")
+        )
+        entries.append(f"{base}?{kept}" if mark and kept else base)
+    return ";".join(entries)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """``text`` (from a broker library's error) with no secret left in it.
 

@@ -686,3 +686,19 @@ def test_redact_cleans_the_issue_text() -> None:
     with pytest.raises(ValueError, match="s3cr") as raised:
         redis.Redis.from_url(url)
     assert redact(str(raised.value), url) == "Port could not be cast to integer value as '***'"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rediss://:pw@r:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/x", "rediss://:pw@r:6380/0"),
+        ("rediss://r/0?ssl_cert_reqs=none&socket_timeout=3", "rediss://r/0?socket_timeout=3"),
+        ("amqps://u:p@a:5671//", "amqps://u:p@a:5671//"),
+        (
+            "sentinel://s1:26379/0?ssl_cert_reqs=required;sentinel://s2:26379/0?SSL_CA_CERTS=/y",
+            "sentinel://s1:26379/0;sentinel://s2:26379/0",
+        ),
+    ],
+)
+def test_without_tls_query_drops_only_the_ssl_parameters(url: str, expected: str) -> None:
+    assert brokerurl.without_tls_query(url) == expected
