@@ -37,6 +37,9 @@ BROKER_CA_ENV: Final = "CELERY_BROKER_CA_FILE"
 """Its path, for the probes (``celery_probes.brokercheck.CA_FILE_ENV``) and the app."""
 BROKER_CA_VOLUME: Final = "broker-ca"
 
+FLOWER_API_USER_ENV: Final = "CELERY_OPERATOR_BROKER_API_USER"
+FLOWER_API_PASSWORD_ENV: Final = "CELERY_OPERATOR_BROKER_API_PASSWORD"
+
 PROBE_COMMAND: Final = "celery-probe"
 """From the ``celery-probes`` package (``probes/``): images need it unless probes are off."""
 PROBE_STATE_DIR: Final = "/run/celery-probe"
@@ -266,7 +269,9 @@ def flower_deployment(
         "valueFrom": {"secretKeyRef": {"name": flower.secret_name, "key": flower.secret_key}},
     }
     args = ["-A", spec.app, "flower", f"--port={flower.port}"]
-    container = _container(naming.FLOWER, spec, placement, spec.pod, args, extra_env=[auth])
+    container = _container(
+        naming.FLOWER, spec, placement, spec.pod, args, extra_env=[auth, *_flower_broker_api(spec)]
+    )
     check = {"httpGet": {"path": "/healthcheck", "port": flower.port}}  # needs no login
     container["ports"] = [{"name": "http", "containerPort": flower.port, "protocol": "TCP"}]
     container["readinessProbe"] = {**check, "periodSeconds": 5, "failureThreshold": 2}
@@ -292,6 +297,33 @@ def flower_deployment(
         },
     }
     return _stamped(deployment)
+
+
+def _flower_broker_api(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """On RabbitMQ with ``managementApi``, Flower's Broker tab reads queue lengths from the same
+    API: ``FLOWER_BROKER_API`` holds the login, so it is composed by the kubelet from the
+    Secret's keys (``$(VAR)`` expansion), never written into the Deployment. Flower parses it as
+    a URL: a password with ``@ : / ? #`` must be stored percent-encoded for Flower, which the
+    operator's own login would then send encoded; keep such characters out of it."""
+    api = spec.broker.management
+    if api is None:
+        return []
+    scheme, _, rest = api.url.partition("://")
+    base = rest.rstrip("/")
+    return [
+        {
+            "name": FLOWER_API_USER_ENV,
+            "valueFrom": {"secretKeyRef": {"name": api.secret_name, "key": api.username_key}},
+        },
+        {
+            "name": FLOWER_API_PASSWORD_ENV,
+            "valueFrom": {"secretKeyRef": {"name": api.secret_name, "key": api.password_key}},
+        },
+        _env(
+            "FLOWER_BROKER_API",
+            f"{scheme}://$({FLOWER_API_USER_ENV}):$({FLOWER_API_PASSWORD_ENV})@{base}/api/",
+        ),
+    ]
 
 
 def flower_service(owner: Owner, spec: ClusterSpec) -> dict[str, Any]:

@@ -295,3 +295,26 @@ def test_unacked_counts_as_work_in_flight_at_least_as_much_as_running() -> None:
     assert _decide(scaling.Load(backlog=2, running=1, unacked=5), current=1).recommended == 7
     assert _decide(scaling.Load(backlog=2, running=4, unacked=1), current=1).recommended == 6
     assert _decide(scaling.Load(backlog=2, running=4), current=1).recommended == 6
+
+
+def test_flower_reads_rabbitmqs_queues_through_the_same_api_without_the_login_in_the_spec() -> None:
+    children = _children(_spec(managementApi=API))
+    [flower] = [
+        c
+        for c in children
+        if c["kind"] == "Deployment" and c["metadata"]["name"] == naming.flower_name("demo")
+    ]
+    [container] = flower["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CELERY_OPERATOR_BROKER_API_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "rabbit-api", "key": "password"}
+    }
+    assert env["FLOWER_BROKER_API"]["value"] == (
+        "http://$(CELERY_OPERATOR_BROKER_API_USER):$(CELERY_OPERATOR_BROKER_API_PASSWORD)"
+        "@rabbit.example:15672/api/"
+    )
+    names = [e["name"] for e in container["env"]]
+    assert names.index("CELERY_OPERATOR_BROKER_API_PASSWORD") < names.index("FLOWER_BROKER_API")
+    assert "FLOWER_BROKER_API" not in {
+        e["name"] for e in _containers(_children(_spec()))[-1]["env"]
+    }
