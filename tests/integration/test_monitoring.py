@@ -52,7 +52,7 @@ def _metric_names(expr: str) -> set[str]:
 def test_the_alert_rules_load() -> None:
     result = _promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_each_alert_fires_on_its_series_and_not_on_the_other() -> None:
