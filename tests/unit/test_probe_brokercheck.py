@@ -137,3 +137,123 @@ def test_a_host_that_spells_a_credential_is_still_masked() -> None:
     endpoint = bc.parse_url("redis://redishost:secretpw@redishost:6379/0")
     answered, message = bc._scrubbed((True, f"{endpoint.where()} answered"), [endpoint])
     assert (answered, message) == (True, "redis://***:6379 answered")
+
+
+# --- Redis Sentinel and the CA file: the options, the replies --------------------------------
+
+SENTINELS = "sentinel://:pw-of-master@s1:26379/0;sentinel://:pw-of-master@s2/0"
+
+
+@pytest.mark.parametrize(
+    ("environ", "master_name", "sentinel_auth", "problem"),
+    [
+        ({}, "", (b"", b""), ""),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": '{"master_name": "mymaster"}'}, "mymaster",
+         (b"", b""), ""),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS":
+          '{"master_name": "m", "sentinel_kwargs": {"username": "u", "password": "s/cret"}}'},
+         "m", (b"u", b"s/cret"), ""),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": "[1]"}, "", (b"", b""),
+         "$CELERY_BROKER_TRANSPORT_OPTIONS is not a JSON object"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": '{"master_name": "m", "password": "s/cret"'}, "",
+         (b"", b""), "$CELERY_BROKER_TRANSPORT_OPTIONS is not a JSON object"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": '{"master_name": 3}'}, "", (b"", b""),
+         "master_name or sentinel_kwargs in $CELERY_BROKER_TRANSPORT_OPTIONS unusable"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS":
+          '{"master_name": "m", "sentinel_kwargs": {"password": 7}}'}, "", (b"", b""),
+         "sentinel_kwargs' credentials in $CELERY_BROKER_TRANSPORT_OPTIONS unusable"),
+    ],
+)  # fmt: skip
+def test_sentinel_options_come_from_the_transport_options_json(
+    environ: dict[str, str], master_name: str, sentinel_auth: tuple[bytes, bytes], problem: str
+) -> None:
+    options = bc.read_options(environ, sentinel=True)
+    assert options.master_name == master_name
+    assert (options.sentinel_username, options.sentinel_password) == sentinel_auth
+    assert options.problem == problem
+    assert "s/cret" not in repr(options)
+
+
+def test_transport_options_are_read_only_for_sentinel_urls_and_the_ca_file_always() -> None:
+    environ = {"CELERY_BROKER_TRANSPORT_OPTIONS": "not json", "CELERY_BROKER_CA_FILE": "/ca.pem"}
+    options = bc.read_options(environ, sentinel=False)
+    assert (options.problem, options.ca_file) == ("", "/ca.pem")
+    assert bc.options_problem(bc.parse_urls("redis://h/0"), options) == ""
+    assert bc.CA_FILE_ENV == "CELERY_BROKER_CA_FILE"
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({}, "sentinel URLs need master_name in $CELERY_BROKER_TRANSPORT_OPTIONS"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": '{"sep": ":"}'}, "sentinel URLs need master_name"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": "{"}, "is not a JSON object"),
+    ],
+)
+def test_a_sentinel_url_without_a_usable_master_name_is_not_tried(
+    environ: dict[str, str], says: str
+) -> None:
+    """kombu refuses it too: the worker cannot be using the broker, a restart changes nothing."""
+    answered, message = bc.try_broker(SENTINELS, environ=environ)
+    assert not answered
+    assert says in message
+    assert "pw-of-master" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "replies"),
+    [
+        (b"+OK\r\n*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n", [b"+OK", [b"127.0.0.1", b"6379"]]),
+        (b"*-1\r\n", [None]),
+        (b"$-1\r\n+PONG\r\n", [None, b"+PONG"]),
+        (b"-NOAUTH Authentication required.\r\n", [b"-NOAUTH Authentication required."]),
+        (b"$5\r\na\r\nbc\r\n", [b"a\r\nbc"]),  # a bulk string may hold CR LF
+        (b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n63", []),  # incomplete: more to read
+        (b"+OK\r\n*2\r\n$9\r\n127.0.0.1\r\n", [b"+OK"]),
+        (b"*1\r\n:5\r\n", [[b":5"]]),
+        (b"*x\r\n", [b"*x"]),
+    ],
+)
+def test_resp_replies_are_parsed_only_when_complete(data: bytes, replies: list[bc.Reply]) -> None:
+    assert bc.parse_replies(data, 2) == replies
+
+
+@pytest.mark.parametrize(
+    ("replies", "master", "problem"),
+    [
+        ([[b"10.1.2.3", b"6380"]], "10.1.2.3:6380", None),
+        ([b"+OK", [b"redis-0.redis.ns.svc", b"6379"]], "redis-0.redis.ns.svc:6379", None),
+        ([[b"::1", b"6379"]], "[::1]:6379", None),
+        ([None], None, "knows no master named 'mymaster' (master_name in"
+         " $CELERY_BROKER_TRANSPORT_OPTIONS)"),
+        ([b"-WRONGPASS invalid username-password pair", b"-NOAUTH Authentication required."],
+         None, "answered WRONGPASS then NOAUTH, not a master address"),
+        ([b"-ERR unknown command 'SENTINEL'"], None, "answered ERR, not a master address"),
+        ([[b"h", b"0"]], None, "named a master address this check cannot use"),
+        ([[b"h 1", b"6379"]], None, "named a master address this check cannot use"),
+        ([[b"h", None]], None, "named a master address this check cannot use"),
+        ([[b"h"]], None, "named a master address this check cannot use"),
+        ([b"+OK"], None, "answered, but not with a master address"),
+        ([], None, "closed without answering"),
+    ],
+)  # fmt: skip
+def test_a_sentinel_names_the_master_or_says_why_not_by_error_code(
+    replies: list[bc.Reply], master: str | None, problem: str | None
+) -> None:
+    found_problem, found = bc.sentinel_verdict(replies, "mymaster")
+    assert (found_problem, found.address() if found else None) == (problem, master)
+
+
+def test_a_master_name_that_is_not_plain_is_not_shown() -> None:
+    problem, _ = bc.sentinel_verdict([None], "my master\nFAKE: line")
+    assert problem == "knows no master named by master_name"
+
+
+def test_the_sentinels_password_is_masked_too() -> None:
+    endpoints = bc.parse_urls(SENTINELS)
+    answered, message = bc._scrubbed(
+        (False, "sentinel://s1:26379: s3cret-of-sentinels"),
+        endpoints,
+        (b"", b"s3cret-of-sentinels"),
+    )
+    assert (answered, message) == (False, "sentinel://s1:26379: ***")
