@@ -129,7 +129,7 @@ def broker_check(
     def try_broker() -> tuple[bool, str]:
         from celery_probes import brokercheck  # noqa: PLC0415 (only when the state needs it)
 
-        return brokercheck.try_broker(env.get(brokercheck.URL_ENV, ""), timeout)
+        return brokercheck.try_broker(env.get(brokercheck.URL_ENV, ""), timeout, environ=env)
 
     return try_broker
 

@@ -143,11 +143,11 @@ def test_a_failover_list_is_up_if_any_url_answers(secured: Server) -> None:
 
 
 def test_other_schemes_count_a_tcp_connection(secured: Server) -> None:
-    assert bc.try_broker(f"sentinel://{HOST}:{secured.port}") == (
+    assert bc.try_broker(f"sqla+postgresql://{HOST}:{secured.port}") == (
         True,
-        f"sentinel://{HOST}:{secured.port} answered",
+        f"sqla+postgresql://{HOST}:{secured.port} answered",
     )
-    assert bc.try_broker(f"sentinel://{HOST}:{free_port()}")[0] is False
+    assert bc.try_broker(f"sqla+postgresql://{HOST}:{free_port()}")[0] is False
 
 
 def test_rediss_verifies_the_certificate_unless_told_not_to(
