@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMITS: Final = Limits()
 STOP_WITHIN_SECONDS: Final = 1.0
-MAX_RECONNECT_PAUSE_SECONDS: Final = 30.0
+MAX_RECONNECT_PAUSE_SECONDS: Final = 4.0
+"""The longest wait between two reconnects of the event receiver while its broker is down: as
+long as Celery's workers wait between theirs (2 s, then 4 s), so that events (workers online,
+task counts) come back with the workers after an outage, not up to 30 s later. One connection
+attempt per broker every 4 s costs a down broker nothing worth saving."""
 
 ClusterKey = tuple[str, str]
 
