@@ -43,6 +43,7 @@ bench: deps
 	$(PY) -m tests.bench.bench_hung
 	$(PY) -m tests.bench.bench_events
 	$(PY) -m pytest tests/e2e/bench_autoscale.py -q -s -p no:logging
+	$(PY) -m pytest tests/e2e/bench_autoscale_rabbitmq.py -q -s -p no:logging
 	$(PY) -m pytest tests/e2e/bench_many_clusters.py -q -s -p no:logging
 
 cluster: deps
