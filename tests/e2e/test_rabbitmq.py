@@ -169,7 +169,8 @@ def test_the_sample_runs_its_tasks_and_beat_on_rabbitmq(
     assert status["broker"] == "rabbitmq", status
     reachable = _broker_reachable(clusters)
     # The fallback: AMQP passive declares, which see ready messages only.
-    assert "management" in reachable.get("message", "").lower(), reachable
+    assert "AMQP passive declare" in reachable.get("message", ""), reachable
+    assert "unknown without spec.broker.managementApi" in reachable.get("message", ""), reachable
     assert status.get("backlog") == 0, status
     assert "unacked" not in status, status
     samples = _metrics(clusters.namespace, "demo")
@@ -442,6 +443,9 @@ def test_the_management_api_shows_in_flight_tasks(
     assert status["inFlight"] == 2, status  # what the workers say they hold agrees
     reachable = _broker_reachable(clusters)
     assert reachable["status"] == "True", reachable
+    assert reachable["message"].startswith(
+        "ready and unacknowledged messages read from the management API"
+    ), reachable
     samples = _metrics(clusters.namespace, "demo")
     assert samples[QUEUE_UNACKED, (("queue", "celery"),)] == 2.0, samples
     assert samples[QUEUE_BACKLOG_METRIC, (("queue", "celery"),)] == 3.0, samples
