@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Builds the cluster's two images locally (nothing is ever pulled) and imports them into the
+# Builds the cluster's images locally (nothing is ever pulled) and imports them into the
 # cluster's containerd when it runs:
-#   localhost/celery-operator/pause:3.10   the pod sandbox, a static C program (images/pause)
-#   localhost/celery-operator/worker:dev   Debian bookworm + /opt/venv with Celery (the versions
-#                                           of uv.lock), the probes package and the example app,
-#                                           run as the user celery, 10001:10001 (images/worker)
-# The worker image is two layers: a slow base (debootstrap + pip, minutes) cached in
-# ~/.cache/celery-operator/images keyed by its recipe, and a thin project layer (probes/ and
-# examples/app) rebuilt whenever their content changes. An image whose digest containerd already
-# has is not imported again.
-#   image.sh          build, and import if the cluster's containerd runs
-#   image.sh import   the same, called by up.sh once containerd runs
+#   localhost/celery-operator/pause:3.10     the pod sandbox, a static C program (images/pause)
+#   localhost/celery-operator/worker:dev     Debian bookworm + /opt/venv with Celery (the versions
+#                                             of uv.lock), the probes package and the example app,
+#                                             run as the user celery, 10001:10001 (images/worker)
+#   localhost/celery-operator/operator:dev   Debian bookworm + /opt/venv with the operator's
+#                                             dependencies (deploy/requirements.txt) and the
+#                                             celery_operator package, run as 10001:10001, by the
+#                                             steps deploy/Dockerfile runs too (images/operator)
+# The worker and operator images are two layers each: a slow base (debootstrap + pip, a minute)
+# cached in ~/.cache/celery-operator/images keyed by its recipe, and a thin project layer (the
+# worker's probes/ and examples/app, the operator's package) rebuilt whenever its content
+# changes. An image whose digest containerd already has is not imported again.
+#   image.sh                build, and import if the cluster's containerd runs
+#   image.sh import         the same, called by up.sh once containerd runs
+#   image.sh layers IMAGE   build one image (pause, worker or operator) without importing it and
+#                           print its config file, then its layer tars, one a line (for tests)
 set -euo pipefail
+# The builds run inside $(...): without this, a failing step there (debootstrap, pip) would go on
+# and cache a half-built layer.
+shopt -s inherit_errexit
 source "$(dirname "$0")/lib.sh"
 
 images_cache=$cache_dir/images
@@ -93,6 +102,56 @@ build_worker_project() {
   echo "$dir"
 }
 
+# The operator image (images/operator): its base is Debian with /opt/venv holding exactly
+# deploy/requirements.txt, made by install.sh's user and deps steps, as in deploy/Dockerfile.
+operator_recipe=$repo_root/images/operator
+operator_image=localhost/celery-operator/operator:dev
+
+build_operator_base() {
+  local key dir
+  key=$(content_key "$operator_recipe/base.sh" "$operator_recipe/packages.txt" \
+    "$operator_recipe/install.sh" "$repo_root/deploy/requirements.txt")
+  dir=$images_cache/operator-base-$key
+  [ -f "$dir/layer.tar" ] && { echo "$dir"; return; }
+  log "building the operator base layer (debootstrap + pip, about a minute, once) in $dir"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  "$operator_recipe/base.sh" "$dir.tmp/rootfs"
+  oci layer "$dir.tmp/rootfs" "$dir.tmp/layer.tar" >/dev/null
+  mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
+# What the package is built from, the files deploy/Dockerfile copies: the project's metadata
+# (its readme included) and the package's sources.
+operator_sources() {
+  (cd "$repo_root" && find pyproject.toml README.md operator/celery_operator -type f \
+    ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0r sha256sum)
+}
+
+# install.sh's package step inside the cached base rootfs, into a prefix under its /tmp that
+# becomes the layer's /opt/venv (as install_probes does for the worker).
+build_operator_package() {
+  local base=$1 key dir rootfs=$1/rootfs
+  key=$(operator_sources | content_key - "$base/layer.tar.sha256" "$cluster_src/image.sh" \
+    "$operator_recipe/install.sh")
+  dir=$images_cache/operator-package-$key
+  [ -f "$dir/layer.tar" ] && { echo "$dir"; return; }
+  rm -rf "$dir.tmp" "$rootfs/tmp/src" "$rootfs/tmp/recipe" "$rootfs/tmp/layer"
+  mkdir -p "$dir.tmp/rootfs" "$rootfs/tmp/src/operator" "$rootfs/tmp/recipe"
+  cp "$repo_root/pyproject.toml" "$repo_root/README.md" "$rootfs/tmp/src/"
+  (cd "$repo_root/operator" && tar -c --exclude=__pycache__ --exclude='*.pyc' celery_operator) |
+    tar -x -C "$rootfs/tmp/src/operator"
+  cp "$operator_recipe/install.sh" "$rootfs/tmp/recipe/"
+  in_base "$rootfs" /tmp/recipe/install.sh package /tmp/src /tmp/layer/opt/venv >&2
+  mv "$rootfs/tmp/layer/opt" "$dir.tmp/rootfs/opt"
+  rm -rf "$rootfs/tmp/src" "$rootfs/tmp/recipe" "$rootfs/tmp/layer"
+  [ -x "$dir.tmp/rootfs/opt/venv/bin/celery-operator" ] || die "the operator did not install"
+  oci layer "$dir.tmp/rootfs" "$dir.tmp/layer.tar" >/dev/null
+  rm -rf "$dir.tmp/rootfs" && mv "$dir.tmp" "$dir"
+  prune "$images_cache/operator-package-*" "$dir"
+  echo "$dir"
+}
+
 # Removes older builds matching a glob, keeping the one just made.
 prune() {
   local keep=$2 old
@@ -125,22 +184,57 @@ import_image() {
   [ "$(imported_digest "$name")" = "$want" ] || die "import of $name did not give $want"
 }
 
+# Builds image $1 and prints its config file, then its layers (bottom first), one a line.
+build_image() {
+  local base project
+  case $1 in
+    pause)
+      project=$(build_pause)
+      printf '%s\n' "$project/config.json" "$project/layer.tar" ;;
+    worker)
+      base=$(build_worker_base)
+      project=$(build_worker_project "$base")
+      worker_config > "$project/config.json"
+      printf '%s\n' "$project/config.json" "$base/layer.tar" "$project/layer.tar" ;;
+    operator)
+      base=$(build_operator_base)
+      project=$(build_operator_package "$base")
+      printf '%s\n' "$operator_recipe/config.json" "$base/layer.tar" "$project/layer.tar" ;;
+    *) die "no image '$1' (pause, worker or operator)" ;;
+  esac
+}
+
+image_ref() {
+  case $1 in
+    pause) echo "$pause_image" ;;
+    worker) echo "$worker_image" ;;
+    operator) echo "$operator_image" ;;
+  esac
+}
+
 main() {
   take_lock
   mkdir -p "$images_cache"
-  local pause base project
-  pause=$(build_pause)
-  base=$(build_worker_base)
-  project=$(build_worker_project "$base")
-  worker_config > "$project/config.json"
+  if [ "${1:-}" = layers ]; then
+    build_image "${2:?which image: pause, worker or operator}"
+    return 0
+  fi
+  local names=(pause worker operator) name
+  declare -A built
+  for name in "${names[@]}"; do
+    built[$name]=$(build_image "$name")
+  done
   if ! containerd_alive; then
     [ "${1:-}" = import ] && die "containerd is not running at $containerd_sock"
     log "images built; the cluster is not running, so 'make cluster' will import them"
     return 0
   fi
-  import_image "$pause_image" "$pause/config.json" "$pause/layer.tar"
-  import_image "$worker_image" "$project/config.json" "$base/layer.tar" "$project/layer.tar"
-  log "images ready in the cluster: $pause_image, $worker_image"
+  local parts
+  for name in "${names[@]}"; do
+    mapfile -t parts <<< "${built[$name]}"
+    import_image "$(image_ref "$name")" "${parts[@]}"
+  done
+  log "images ready in the cluster: $pause_image, $worker_image, $operator_image"
 }
 
 main "$@"
