@@ -3,10 +3,12 @@
 
     oci.py layer ROOTFS OUT.tar            one uncompressed layer of a directory tree; prints its
                                            digest and keeps it in OUT.tar.sha256
-    oci.py archive NAME CONFIG.json LAYER.tar... [--out FILE|-]
+    oci.py archive NAME CONFIG.json LAYER.tar... [--out FILE|-] [--omit DIGEST]...
                                            an OCI image layout archive that `ctr images import`
                                            reads; prints the manifest digest (the image's digest
                                            in containerd). Without --out it only prints the digest.
+                                           --omit leaves that layer's blob out (the manifest still
+                                           names it): for a store that holds it already.
 
 Layers are uncompressed: importing skips a gzip pass, and the base layer is built once and cached.
 Entries are sorted and their times clamped, so the same tree gives the same digest.
@@ -125,11 +127,12 @@ class Image:
         }
         return canonical({"schemaVersion": 2, "manifests": [entry]})
 
-    def write_archive(self, out: BinaryIO) -> None:
+    def write_archive(self, out: BinaryIO, omit: frozenset[str] = frozenset()) -> None:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
             for digest, path in zip(self.layer_digests, self.layers, strict=True):
-                tar.add(path, arcname=blob_path(digest), filter=normalized)
+                if digest not in omit:
+                    tar.add(path, arcname=blob_path(digest), filter=normalized)
             add_bytes(tar, blob_path(self.config_digest), self.config_bytes)
             add_bytes(tar, blob_path(self.manifest_digest), self.manifest_bytes)
             add_bytes(tar, "index.json", self.index())
@@ -146,22 +149,31 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of the first ``name VALUE`` in argv, and argv without the two."""
+    if name not in argv:
+        return None, argv
+    at = argv.index(name)
+    return argv[at + 1], argv[:at] + argv[at + 2 :]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "layer":
         print(write_layer(Path(argv[1]), Path(argv[2])))
         return 0
     if len(argv) >= 4 and argv[0] == "archive":
-        out = None
-        if "--out" in argv:
-            at = argv.index("--out")
-            out, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
+        out, argv = option(argv, "--out")
+        omitted: list[str] = []
+        while "--omit" in argv:
+            digest, argv = option(argv, "--omit")
+            omitted.append(str(digest))
         config = json.loads(Path(argv[2]).read_text())
         image = Image(argv[1], config, [Path(p) for p in argv[3:]])
         if out == "-":
-            image.write_archive(sys.stdout.buffer)
+            image.write_archive(sys.stdout.buffer, frozenset(omitted))
         elif out:
             with open(out, "wb") as f:
-                image.write_archive(f)
+                image.write_archive(f, frozenset(omitted))
         print(image.manifest_digest, file=sys.stderr if out == "-" else sys.stdout)
         return 0
     print(__doc__, file=sys.stderr)
