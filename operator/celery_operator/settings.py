@@ -56,6 +56,35 @@ class Settings:
     """Port of the operator's own liveness endpoint (``/healthz``); 0 turns it off. Env:
     LIVENESS_PORT."""
 
+    leader_elect: bool = False
+    """Run as one of several replicas: hold the Lease ``lease_namespace``/``lease_name`` before
+    starting Kopf, stand by (serving only ``/healthz`` and ``/metrics``, writing nothing) while
+    another process holds it. Off by default, for one operator run by hand or by the tests.
+    Env: LEADER_ELECT=1."""
+
+    lease_name: str = "celery-operator"
+    """Name of the leader-election Lease (deploy/operator/leader-election.yaml grants get and
+    update on this name only). Env: LEASE_NAME."""
+
+    lease_namespace: str = ""
+    """Namespace of the Lease: the operator's own. Default: ``$POD_NAMESPACE`` (the downward
+    API). Env: LEASE_NAMESPACE."""
+
+    lease_duration_seconds: float = 10.0
+    """How long the standby waits, from when it last saw the Lease renewed, before it takes over
+    from a leader that stopped renewing (killed, or cut off). Shorter means a faster takeover and
+    more renewals; 10 s plus a 2 s retry period keeps a takeover after a SIGKILL within 15 s.
+    Env: LEASE_DURATION_SECONDS."""
+
+    renew_deadline_seconds: float = 7.0
+    """How long the leader keeps reconciling while its renewals fail; then it exits (the kubelet
+    restarts it as a standby). Shorter than the lease duration, so that it has stopped before
+    anyone may take over: 3 s to spare. Env: RENEW_DEADLINE_SECONDS."""
+
+    retry_period_seconds: float = 2.0
+    """Seconds between two renewals by the leader and two attempts by a standby; also how soon a
+    standby takes a Lease released by a leader that stops gracefully. Env: RETRY_PERIOD_SECONDS."""
+
     log_format: str = "text"
     """``text`` or ``json`` (one object per line, for log pipelines). Env: LOG_FORMAT."""
 
@@ -84,6 +113,8 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
             values[item.name] = raw.strip().lower() in ("1", "true", "yes", "on")
         else:
             values[item.name] = raw
+    if "lease_namespace" not in values and environ.get("POD_NAMESPACE"):
+        values["lease_namespace"] = environ["POD_NAMESPACE"]
     if values.get("log_format", "text") not in ("text", "json"):
         raise ValueError(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
     return Settings(**values)  # type: ignore[arg-type]
