@@ -29,7 +29,10 @@ NAMESPACED = ROOT / "deploy" / "namespaced"
 AGGREGATED = ROOT / "deploy" / "rbac-aggregated.yaml"
 PLACEHOLDER = "celery-apps"  # deploy/namespaced/kustomization.yaml's `namespace:`
 SERVICE_ACCOUNT = "celery-operator"
-NAMESPACED_KINDS = ["ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
+NAMESPACED_KINDS = [
+    "ServiceAccount", "Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment",
+]  # fmt: skip
+LEADER_ELECTION = "celery-operator-leader-election"  # deploy/operator/leader-election.yaml
 CLUSTER_SCOPED = {"namespaces", "customresourcedefinitions"}
 
 # What Kopf 1.45 logs when it tries to discover namespaces it may not list: it retries the 403
@@ -69,16 +72,20 @@ def test_the_namespaced_overlay_renders_one_namespace_and_nothing_cluster_wide(
     assert [d["kind"] for d in rendered] == NAMESPACED_KINDS
     assert {d["metadata"]["namespace"] for d in rendered} == {"team-a"}
     assert PLACEHOLDER not in str(rendered), "the namespace is named in more than one place"
-    binding = rbac.named(rendered, "RoleBinding", "celery-operator")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": "team-a"}
-    ]
-    assert binding["roleRef"]["kind"] == "Role"
+    for name in ("celery-operator", LEADER_ELECTION):
+        binding = rbac.named(rendered, "RoleBinding", name)
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": "team-a"}
+        ]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name,
+        }  # fmt: skip
     pod = rbac.named(rendered, "Deployment", "celery-operator")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SERVICE_ACCOUNT
     container = pod["containers"][0]
     assert "--all-namespaces" not in container["command"]
     assert "--namespace=$(POD_NAMESPACE)" in container["command"]
+    assert "--leader-elect" in container["command"]
     assert {
         "name": "POD_NAMESPACE",
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -86,11 +93,19 @@ def test_the_namespaced_overlay_renders_one_namespace_and_nothing_cluster_wide(
 
     # The Role is the cluster-wide ClusterRole, rule for rule, less what only a ClusterRole can
     # grant: the two installs cannot drift apart.
-    cluster_role = rbac.named(rbac.kustomize(ROOT / "deploy"), "ClusterRole", "celery-operator")
+    cluster_wide = rbac.kustomize(ROOT / "deploy")
+    cluster_role = rbac.named(cluster_wide, "ClusterRole", "celery-operator")
     role = rbac.named(rendered, "Role", "celery-operator")
     assert role["rules"] == [
         r for r in cluster_role["rules"] if not set(r["resources"]) & CLUSTER_SCOPED
     ]
+    # The Lease: one Role, the same in both installs, in the operator's own namespace.
+    lease_role = rbac.named(rendered, "Role", LEADER_ELECTION)
+    assert rbac.named(cluster_wide, "Role", LEADER_ELECTION)["rules"] == lease_role["rules"]
+    assert rbac.named(cluster_wide, "Role", LEADER_ELECTION)["metadata"]["namespace"] == (
+        "celery-operator"
+    )
+    assert {r["resources"][0] for r in lease_role["rules"]} == {"leases"}
 
 
 def test_the_operator_runs_with_only_the_namespaced_role(
@@ -218,7 +233,8 @@ def test_the_aggregated_roles_extend_view_edit_and_admin(
     rendered = rbac.kustomize_in_namespace(NAMESPACED, namespace, tmp_path / "overlay")
     lacking = [
         (group or "core", resource, verb)
-        for rule in rbac.named(rendered, "Role", "celery-operator")["rules"]
+        for role_name in ("celery-operator", LEADER_ELECTION)
+        for rule in rbac.named(rendered, "Role", role_name)["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
