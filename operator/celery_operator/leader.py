@@ -161,7 +161,7 @@ class LeaderElector:
             if outcome is Outcome.HOLDING:
                 self._lead(started)
                 return True
-            if outcome is Outcome.HELD_ELSEWHERE and self.holder != last_holder:
+            if outcome is Outcome.HELD_ELSEWHERE and self.holder and self.holder != last_holder:
                 last_holder = self.holder
                 log.info("the Lease %s is held by %s; standing by", self.where, self.holder)
             stop.wait(retry_in)

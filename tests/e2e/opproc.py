@@ -47,7 +47,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -88,6 +88,8 @@ class OperatorProcess:
     (``operator_under_test``)."""
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
+    args: Sequence[str] = ()
+    """More command-line arguments (``--leader-elect``, ``-v``)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,7 +111,7 @@ class OperatorProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celery_operator", "--namespace", self.namespace,
-                 "--liveness-port", str(self.liveness_port)],
+                 "--liveness-port", str(self.liveness_port), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
