@@ -1,4 +1,4 @@
-# Configuration files of containerd, its CNI and the kubelet (sourced by up.sh).
+# Configuration files of containerd, its CNI, the kubelet, kube-proxy and CoreDNS (sourced by up.sh).
 
 # Our own containerd: root, state and sockets under the state dir, the CRI plugin with runc and the
 # cgroupfs driver (the kubelet's), the locally built sandbox image, no AppArmor profile (the host
@@ -89,6 +89,8 @@ cgroupRoot: /$cgroup_parent
 failSwapOn: false
 podLogsDir: $state_dir/pod-logs
 resolvConf: /etc/resolv.conf
+clusterDNS: [$dns_service_ip]
+clusterDomain: $cluster_domain
 # Images cannot be pulled again here: never collect them, and never evict for a full disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -96,4 +98,92 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available:
 serializeImagePulls: false
 shutdownGracePeriod: 0s
 EOF
+}
+
+# kube-proxy in iptables mode: the nftables mode runs the `nft` command, which this machine lacks,
+# while iptables 1.8.9 (its nf_tables backend) is there, and iptables is kind's default mode too.
+# It changes no host setting: conntrack sizes and timeouts stay as they are (0), NodePorts answer
+# on the node address only (not on the machine's external interfaces) and not on localhost (which
+# would need route_localnet), and its OOM score stays 0 (root here lacks CAP_SYS_RESOURCE).
+# Connections to a Service from outside the pod range are masqueraded to the bridge address.
+# bindAddress is, despite its name, the node's IP (known here before the kubelet registers it).
+write_kube_proxy_config() {
+  cat > "$state_dir/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $kubeconfig}
+hostnameOverride: $node_name
+bindAddress: $node_ip
+mode: iptables
+clusterCIDR: $pod_cidr
+detectLocalMode: ClusterCIDR
+nodePortAddresses: [$node_ip/32]
+iptables: {localhostNodePorts: false}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+oomScoreAdj: 0
+healthzBindAddress: 127.0.0.1:$kube_proxy_healthz_port
+metricsBindAddress: 127.0.0.1:$kube_proxy_metrics_port
+EOF
+}
+
+# CoreDNS on the host at node_ip:53, behind the kube-dns Service: the cluster domain and the
+# reverse zone of 198.18.0.0/16 from the API (the admin credentials), nothing else. Its binary has
+# no forward plugin (cluster/dns/main.go): a name outside these zones is REFUSED, never sent on.
+write_corefile() {
+  cat > "$state_dir/Corefile" <<EOF
+$cluster_domain:53 18.198.in-addr.arpa:53 {
+    bind $node_ip
+    errors
+    health 127.0.0.1:$coredns_health_port
+    ready 127.0.0.1:$coredns_ready_port
+    kubernetes $cluster_domain 18.198.in-addr.arpa {
+        kubeconfig $kubeconfig celery-operator-local
+        pods insecure
+        ttl 30
+    }
+    cache 30
+}
+EOF
+}
+
+# The kube-dns Service (the kubelet's clusterDNS) and, as it has no selector, its EndpointSlice by
+# hand: the one endpoint is CoreDNS on the host.
+write_dns_objects() {
+  cat > "$state_dir/kube-dns.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
+spec:
+  clusterIP: $dns_service_ip
+  ports:
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-host
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: kube-dns
+    endpointslice.kubernetes.io/managed-by: local-cluster.celeryoperator.dev
+addressType: IPv4
+endpoints:
+  - addresses: [$node_ip]
+    conditions: {ready: true}
+    nodeName: $node_name
+ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+EOF
+}
+
+# The resolver of processes on the node that should resolve names as pods do
+# (cluster/with-cluster-dns.sh): the pods' search list without a namespace of their own.
+write_node_resolv_conf() {
+  printf 'nameserver %s\nsearch svc.%s %s\noptions ndots:5\n' "$dns_service_ip" "$cluster_domain" \
+    "$cluster_domain" > "$state_dir/node-resolv.conf"
 }

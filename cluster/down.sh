@@ -2,7 +2,8 @@
 # Stops the local cluster and removes its state: every process up.sh started (by its PID file,
 # never by name), the pods' containers (by containerd's init.pid files) and whatever else runs in
 # our cgroups (containers, containerd's shims), every mount under the state dir, our cgroups, the
-# shim sockets, the blackhole route; then puts back the host settings the kubelet changed.
+# shim sockets, the service range's route and iptables rules, kube-proxy's and the kubelet's
+# iptables chains, the pod bridge; then puts back the host settings the cluster changed.
 # Safe to run twice.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -75,10 +76,36 @@ unmount_state() {
   [ -z "$(mounts_under_state)" ] || die "still mounted under $state_dir: $(mounts_under_state | tr '\n' ' ')"
 }
 
+# IPTABLES TABLE: an iptables-restore script that deletes kube-proxy's and the kubelet's chains
+# (all named KUBE-*), the rules of the built-in chains that jump to them, and up.sh's rules.
+iptables_cleanup() {
+  local rules
+  rules=$("$1" -t "$2" -S 2>/dev/null) || return 0
+  echo "*$2"
+  grep -E '^-A [A-Z]+ .*(-j KUBE-|--comment "?celery-operator-cluster)' <<<"$rules" |
+    grep -v '^-A KUBE-' | sed 's/^-A /-D /' || true
+  sed -n 's/^-N \(KUBE-.*\)/-F \1/p' <<<"$rules"
+  sed -n 's/^-N \(KUBE-.*\)/-X \1/p' <<<"$rules"
+  echo COMMIT
+}
+
+# IPv4 and IPv6 (kube-proxy runs both where the machine has both); the tables' other rules stay.
+remove_iptables_rules() {
+  local command table
+  for command in iptables ip6tables; do
+    for table in filter nat mangle; do
+      iptables_cleanup "$command" "$table" | "$command-restore" --noflush ||
+        log "could not clean up $command's $table table"
+    done
+  done
+}
+
 restore_host_settings() {
-  [ -f "$state_dir/sysctl.saved" ] && sysctl -q -p "$state_dir/sysctl.saved" >/dev/null 2>&1 || true
-  ip route del blackhole "$service_cidr" 2>/dev/null || true
+  remove_iptables_rules
+  ip route del blackhole "$service_cidr" 2>/dev/null || true  # left by older checkouts
+  ip route del "$service_cidr" 2>/dev/null || true
   ip link del "$pod_bridge" 2>/dev/null || true
+  [ -f "$state_dir/sysctl.saved" ] && sysctl -q -p "$state_dir/sysctl.saved" >/dev/null 2>&1 || true
 }
 
 # A killed shim leaves its socket in /run/containerd/s; each task dir names its shim's socket.

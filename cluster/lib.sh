@@ -23,21 +23,35 @@ controller_manager_port=20257
 scheduler_port=20259
 kubelet_port=20250
 kubelet_healthz_port=20248
+kube_proxy_metrics_port=20249
+kube_proxy_healthz_port=20256
+coredns_health_port=28080
+coredns_ready_port=28181
 
 node_name=localhost        # resolves to 127.0.0.1: the API server reaches the kubelet by this name
 node_label=celeryoperator.dev/local-cluster=true
-# Virtual service IPs: nothing routes them (no kube-proxy). RFC 2544 benchmark space, not a private
-# range, and up.sh blackholes it so a stray ClusterIP connection never leaves the machine.
-service_cidr=198.18.0.0/24
-service_ip=198.18.0.1
 # The pod network: one Linux bridge on this machine, every pod without hostNetwork on it with an
-# address from pod_cidr (the same benchmark space). The host holds pod_gateway on the bridge, so
-# it reaches the pods and they reach it; the pods' only route is the benchmark range, so nothing
-# they send can leave the machine.
+# address from pod_cidr. The host holds pod_gateway on the bridge, so it reaches the pods and they
+# reach it; the pods' only route is pod_routes, so nothing they send can leave the machine. All of
+# it is RFC 2544 benchmark space (198.18.0.0/15), not a private range.
 pod_bridge=celeryop0
 pod_cidr=198.18.1.0/24
 pod_gateway=198.18.1.1
 pod_routes=198.18.0.0/15
+# The node's address: the kubelet's InternalIP (so hostNetwork pods' IP), kube-proxy's node IP,
+# and where the API server listens and what it advertises as the endpoint of the `kubernetes`
+# Service. The bridge address: the host's processes and the pods both reach it.
+node_ip=$pod_gateway
+# Service IPs, made real by kube-proxy (iptables mode). up.sh routes the range to the bridge (so
+# the host's own connections get as far as kube-proxy's DNAT) and rejects whatever kube-proxy did
+# not translate, so a connection to an unused ClusterIP fails at once and never leaves the machine.
+service_cidr=198.18.0.0/24
+service_ip=198.18.0.1       # the `kubernetes` Service (the API server, port 443)
+dns_service_ip=198.18.0.10  # the `kube-dns` Service: CoreDNS on the host, at node_ip:53
+cluster_domain=cluster.local
+# up.sh's iptables rule (OUTPUT and FORWARD) for ClusterIPs kube-proxy did not translate.
+untranslated_service_rule=(-d "$service_cidr" -m comment --comment "celery-operator-cluster: no such Service"
+  -j REJECT)
 cgroup_parent=celery-operator  # the kubelet's cgroup root: every pod lives under it,
 shim_cgroup=$cgroup_parent/shims  # and containerd's shims beside them, so down.sh finds them all
 
@@ -45,7 +59,8 @@ pause_image=localhost/celery-operator/pause:3.10
 worker_image=localhost/celery-operator/worker:dev
 
 # The processes up.sh starts, in start order; down.sh stops them in reverse.
-components=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet)
+components=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kube-proxy coredns
+  kubelet)
 
 # One up.sh or down.sh at a time on this machine (several engineers and test runs share it). The
 # lock file sits beside the state dir, which down.sh removes; a script run by one that holds the
@@ -62,6 +77,7 @@ log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 k8s_binary() { "$cluster_src/k8s/build.sh" | tail -n 1; }
+coredns_binary() { "$cluster_src/dns/build.sh" | tail -n 1; }
 
 ctr_cmd() { ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
 
@@ -94,7 +110,7 @@ component_alive() { component_pid "$1" >/dev/null; }
 
 apiserver_ready() {
   curl -fsS --max-time 2 --cacert "$pki_dir/ca.crt" --cert "$pki_dir/admin.crt" \
-    --key "$pki_dir/admin.key" "https://127.0.0.1:$apiserver_port/readyz" >/dev/null 2>&1
+    --key "$pki_dir/admin.key" "https://$node_ip:$apiserver_port/readyz" >/dev/null 2>&1
 }
 
 containerd_alive() { component_alive containerd && ctr --address "$containerd_sock" version >/dev/null 2>&1; }

@@ -1,6 +1,7 @@
 # Certificates and keys of the local cluster, made with openssl (sourced by up.sh).
-# One CA signs the API server's serving certificate and one admin client certificate
-# (O=system:masters) that kubectl, the kubelet, the controller manager and the scheduler share.
+# One CA signs the API server's serving certificate (the node address where it listens, the
+# `kubernetes` Service's IP and names) and one admin client certificate (O=system:masters) that
+# kubectl, the kubelet, the controller manager, the scheduler, kube-proxy and CoreDNS share.
 # ECDSA P-256 keys: generated in milliseconds, accepted by every component.
 
 new_key() { openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
@@ -25,7 +26,7 @@ sign() {
 make_pki() {
   mkdir -p "$pki_dir" && chmod 700 "$pki_dir"
   make_ca
-  sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:$service_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth\nsubjectAltName=IP:$node_ip,IP:$service_ip,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$cluster_domain"
   sign admin "/O=system:masters/CN=kubernetes-admin" "extendedKeyUsage=clientAuth"
   new_key "$pki_dir/sa.key"
   openssl ec -in "$pki_dir/sa.key" -pubout -out "$pki_dir/sa.pub" 2>/dev/null
@@ -38,7 +39,7 @@ kind: Config
 clusters:
 - name: celery-operator-local
   cluster:
-    server: https://127.0.0.1:$apiserver_port
+    server: https://$node_ip:$apiserver_port
     certificate-authority: $pki_dir/ca.crt
 users:
 - name: admin

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts the local single-node Kubernetes (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, containerd and a kubelet running real pods), all on 127.0.0.1, and prints
-# `KUBECONFIG=/abs/path` as its last line. A healthy running cluster is reused; a crashed or
-# half-started one is torn down by down.sh and started afresh. See cluster/README.md.
+# kube-scheduler, kube-proxy, CoreDNS, containerd and a kubelet running real pods) on this
+# machine's loopback and the pod bridge, and prints `KUBECONFIG=/abs/path` as its last line. A
+# healthy running cluster is reused; a crashed or half-started one is torn down by down.sh and
+# started afresh. See cluster/README.md.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 source "$cluster_src/pki.sh"
@@ -37,12 +38,11 @@ start_containerd() { start containerd containerd --config "$containerd_dir/confi
 
 start_apiserver() {
   start kube-apiserver "$k8s" kube-apiserver \
-    --bind-address=127.0.0.1 --secure-port="$apiserver_port" --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none \
+    --bind-address="$node_ip" --secure-port="$apiserver_port" --advertise-address="$node_ip" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --tls-cert-file="$pki_dir/apiserver.crt" --tls-private-key-file="$pki_dir/apiserver.key" \
     --client-ca-file="$pki_dir/ca.crt" \
-    --service-account-issuer="https://127.0.0.1:$apiserver_port" \
+    --service-account-issuer="https://kubernetes.default.svc.$cluster_domain" \
     --service-account-key-file="$pki_dir/sa.pub" \
     --service-account-signing-key-file="$pki_dir/sa.key" \
     --service-cluster-ip-range="$service_cidr" \
@@ -68,8 +68,13 @@ start_scheduler() {
 
 start_kubelet() {
   start kubelet "$k8s" kubelet --config="$state_dir/kubelet.yaml" --kubeconfig="$kubeconfig" \
-    --root-dir="$kubelet_dir" --hostname-override="$node_name" --node-labels="$node_label"
+    --root-dir="$kubelet_dir" --hostname-override="$node_name" --node-ip="$node_ip" \
+    --node-labels="$node_label"
 }
+
+start_kube_proxy() { start kube-proxy "$k8s" kube-proxy --config="$state_dir/kube-proxy.yaml"; }
+
+start_coredns() { start coredns "$coredns" -conf "$state_dir/Corefile"; }
 
 # The kubelet's cgroup root and the shims' cgroup must exist in every v1 hierarchy; cpuset needs
 # its CPUs and memory nodes filled in before any process can join.
@@ -85,14 +90,39 @@ make_cgroups() {
   done
 }
 
-# The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops; down.sh puts the
-# host's values back from this file.
+# The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops, and
+# enable_service_network sets the other two; down.sh puts the host's values back from this file.
 save_host_settings() {
-  sysctl -e vm.overcommit_memory kernel.panic kernel.panic_on_oops | tr -d ' ' > "$state_dir/sysctl.saved"
+  sysctl -e vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward \
+    net.bridge.bridge-nf-call-iptables | tr -d ' ' > "$state_dir/sysctl.saved"
   cat /proc/sys/kernel/random/boot_id > "$state_dir/boot_id"
 }
 
-blackhole_service_range() { ip route replace blackhole "$service_cidr"; }
+# A Service reached from a pod on the same bridge: the host DNATs and forwards the request, and the
+# reply, bridged straight from pod to pod, must pass iptables too (br_netfilter) to be translated
+# back.
+load_bridge_netfilter() {
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter ||
+    die "kube-proxy needs the br_netfilter module (/proc/sys/net/bridge is missing)"
+}
+
+enable_service_network() {
+  sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+}
+
+# The host's own connections to a ClusterIP need a route, or they fail before kube-proxy's DNAT
+# (nat OUTPUT) sees them; the range goes to the bridge, from the node address. Whatever kube-proxy
+# did not translate is rejected (the filter table runs after nat: a translated connection has a
+# pod's or the node's address by then), so an unused ClusterIP fails at once, from the host
+# (OUTPUT) and from pods (FORWARD), and nothing goes anywhere when kube-proxy is down.
+route_service_range() {
+  local chain
+  ip route replace "$service_cidr" dev "$pod_bridge" src "$node_ip"
+  for chain in OUTPUT FORWARD; do
+    iptables -C "$chain" "${untranslated_service_rule[@]}" 2>/dev/null ||
+      iptables -A "$chain" "${untranslated_service_rule[@]}"
+  done
+}
 
 # The pods' bridge with the host's address on it, made before the first pod (the bridge plugin
 # would make it then) so that a broker on this machine can listen on pod_gateway from the start.
@@ -104,14 +134,20 @@ make_pod_bridge() {
 
 prepare_state() {
   mkdir -p "$state_dir" "$run_dir" "$log_dir"
+  load_bridge_netfilter
   save_host_settings
   make_pki
   write_kubeconfig
   write_containerd_config
   write_kubelet_config
+  write_kube_proxy_config
+  write_corefile
+  write_dns_objects
+  write_node_resolv_conf
   make_cgroups
-  blackhole_service_range
   make_pod_bridge
+  enable_service_network
+  route_service_range
 }
 
 kubectl() { "$k8s" kubectl --kubeconfig="$kubeconfig" "$@"; }
@@ -123,6 +159,15 @@ node_ready() {
 default_service_account() { kubectl get serviceaccount default -n default >/dev/null 2>&1; }
 
 etcd_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; }
+
+# Healthy once its first sync of the iptables rules is done.
+kube_proxy_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$kube_proxy_healthz_port/healthz" >/dev/null 2>&1; }
+
+# Ready once the kubernetes plugin has listed the Services.
+coredns_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$coredns_ready_port/ready" >/dev/null 2>&1; }
+
+# The API server makes the kube-system namespace shortly after it is ready.
+dns_objects_applied() { kubectl apply -f "$state_dir/kube-dns.yaml" >/dev/null 2>&1; }
 
 # await WHAT TIMEOUT CHECK...: polls CHECK, and fails with the logs' tails when it never passes.
 await() {
@@ -145,6 +190,7 @@ fail() {
 
 start_cluster() {
   k8s=$(k8s_binary) || die "building the Kubernetes binary failed (cluster/k8s/build.sh)"
+  coredns=$(coredns_binary) || die "building CoreDNS failed (cluster/dns/build.sh)"
   prepare_state
   start_etcd
   start_containerd
@@ -155,8 +201,13 @@ start_cluster() {
   await kube-apiserver 60 apiserver_ready
   start_controller_manager
   start_scheduler
+  start_kube_proxy
+  start_coredns
   start_kubelet
+  await "the kube-dns Service" 30 dns_objects_applied
   await "node $node_name" 90 node_ready
+  await kube-proxy 30 kube_proxy_ready
+  await CoreDNS 30 coredns_ready
   await "default service account" 30 default_service_account
   kubectl label node "$node_name" "$node_label" --overwrite >/dev/null
 }
