@@ -17,8 +17,10 @@ Session fixtures
         ``$CELERY_OPERATOR_WORKER_IMAGE`` or ``localhost/celery-operator/worker:dev`` (built and
         imported by ``cluster/image.sh``; with kind: ``kind load docker-image``).
     ``host_network`` -> bool
-        True on the local cluster (node label ``celeryoperator.dev/local-cluster=true``): there
-        pods must use ``hostNetwork: true`` and reach Redis and the API server on 127.0.0.1.
+        True on the local cluster (node label ``celeryoperator.dev/local-cluster=true``), where
+        most tests run their pods with ``hostNetwork: true`` and reach Redis on 127.0.0.1 (its
+        pod network, Services and cluster DNS work too: ``test_cluster.py``), and where this
+        process, on the node, reaches pod and Service IPs.
 
 Function fixtures
     ``namespace`` -> str

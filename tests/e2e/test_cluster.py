@@ -5,15 +5,19 @@ These run first (file order) so a broken cluster shows up here, not as an operat
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import time
 import uuid
 
 import pytest
 import redis
 from kubernetes import client
 
+from tests.e2e import dnsquery
 from tests.e2e.kube import describe_pod, pod_logs, wait_for
+from tests.e2e.services import default_service_account, serve_redis
 
 SLEEP_FOREVER = ["sleep", "infinity"]
 
@@ -227,3 +231,146 @@ def _pings(address: str) -> bool:
         return bool(redis.Redis(host=address, port=6379, socket_timeout=2).ping())
     except redis.RedisError:
         return False
+
+
+# Services and cluster DNS: kube-proxy (iptables mode) and CoreDNS on the local cluster, and
+# whatever a kind cluster runs. The pods here are on the pod network.
+
+DNS_SERVICE_IP = "198.18.0.10"  # cluster/lib.sh: dns_service_ip, the local cluster's kube-dns
+CLUSTER_DOMAIN = "cluster.local"
+
+_PING_BY_NAME = """
+import json, socket, sys, time
+def ping(host, deadline):
+    while True:  # kube-proxy programs a new Service within a second or two
+        try:
+            address = socket.gethostbyname(host)
+            with socket.create_connection((host, 6379), timeout=3) as s:
+                s.sendall(b"PING\\r\\n")
+                return [address, s.recv(64).decode().strip()]
+        except OSError as error:
+            if time.monotonic() > deadline:
+                return [None, repr(error)]
+            time.sleep(0.5)
+deadline = time.monotonic() + 30
+print(json.dumps({host: ping(host, deadline) for host in sys.argv[1:]}))
+"""
+
+_WHO_AM_I = """
+import json, os, ssl, urllib.request
+account = "/var/run/secrets/kubernetes.io/serviceaccount"
+context = ssl.create_default_context(cafile=account + "/ca.crt")
+token = open(account + "/token").read()
+review = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+def who(server):
+    request = urllib.request.Request(
+        f"https://{server}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        data=review.encode(), method="POST",
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        return json.load(response)["status"]["userInfo"]["username"]
+in_cluster = os.environ["KUBERNETES_SERVICE_HOST"] + ":" + os.environ["KUBERNETES_SERVICE_PORT"]
+print(json.dumps({"in-cluster config": who(in_cluster), "by name": who("kubernetes.default.svc")}))
+"""
+
+_RESOLVE_OUTSIDE = """
+import json, socket, time
+started = time.monotonic()
+try:
+    socket.getaddrinfo("example.com", 80)
+    outcome = "resolved"
+except socket.gaierror as error:
+    outcome = error.strerror
+seconds = time.monotonic() - started
+words = open("/etc/resolv.conf").read().split()
+servers = [words[i + 1] for i, word in enumerate(words) if word == "nameserver"]
+print(json.dumps({"outcome": outcome, "seconds": seconds, "nameservers": servers}))
+"""
+
+
+def run_script(api: client.ApiClient, namespace: str, name: str, image: str, *args: str) -> object:
+    """Run ``python3 -c`` with ``args`` in a pod on the pod network; the JSON it printed."""
+    default_service_account(api, namespace)
+    run_pod(api, namespace, name, pod_spec(image, ["python3", "-c", *args], host_network=False))
+    phase = wait_finished(api, namespace, name)
+    log = pod_logs(api, namespace, name)
+    assert phase == "Succeeded", f"{name}: {phase}\n{log}\n{describe_pod(api, namespace, name)}"
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def test_a_pod_reaches_another_through_a_service_by_its_dns_names(
+    api_client: client.ApiClient, namespace: str, worker_image: str
+) -> None:
+    """Cluster DNS names a ClusterIP Service (short, namespaced and full names, through the pod's
+    search list), and the Service carries the connection to the pod behind it."""
+    cluster_ip = serve_redis(api_client, namespace, worker_image)
+    names = ["redis", f"redis.{namespace}", f"redis.{namespace}.svc",
+             f"redis.{namespace}.svc.{CLUSTER_DOMAIN}"]  # fmt: skip
+
+    answers = run_script(api_client, namespace, "client", worker_image, _PING_BY_NAME, *names)
+
+    assert answers == {name: [cluster_ip, "+PONG"] for name in names}, answers
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service_with_its_token(
+    api_client: client.ApiClient, namespace: str, worker_image: str
+) -> None:
+    """What an in-cluster client (an operator pod) does: the injected KUBERNETES_SERVICE_HOST
+    and _PORT, the mounted CA and ServiceAccount token; the API server's certificate also covers
+    the Service's DNS name. The API server says who the token belongs to."""
+    answers = run_script(api_client, namespace, "whoami", worker_image, _WHO_AM_I)
+
+    account = f"system:serviceaccount:{namespace}:default"
+    assert answers == {"in-cluster config": account, "by name": account}, answers
+
+
+def _local_cluster_only(host_network: bool) -> None:
+    if not host_network:
+        pytest.skip("the local cluster's Services and DNS (the test process is on its node)")
+
+
+def test_the_host_reaches_service_ips_and_an_unused_one_fails_at_once(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    """kube-proxy translates the host's own connections too (the operator and the tests run on
+    the node), over TCP and UDP; a ClusterIP port or address that no Service has is refused at
+    once (up.sh's reject rule), never routed anywhere."""
+    _local_cluster_only(host_network)
+    cluster_ip = serve_redis(api_client, namespace, worker_image)
+
+    assert wait_for(lambda: _pings(cluster_ip), timeout=30, message="Redis through its Service")
+    answer = dnsquery.query(DNS_SERVICE_IP, f"redis.{namespace}.svc.{CLUSTER_DOMAIN}")
+    assert answer == (dnsquery.NOERROR, [cluster_ip]), answer
+
+    services = client.CoreV1Api(api_client).list_service_for_all_namespaces().items
+    used = {s.spec.cluster_ip for s in services if s.spec}
+    unused = next(f"198.18.0.{n}" for n in range(254, 1, -1) if f"198.18.0.{n}" not in used)
+    for address, port in ((cluster_ip, 6380), (unused, 6379)):
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+        assert time.monotonic() - started < 1, (address, port)
+
+
+def test_cluster_dns_answers_for_the_cluster_domain_only(
+    api_client: client.ApiClient, namespace: str, worker_image: str, host_network: bool
+) -> None:
+    """The local cluster's CoreDNS serves the cluster domain and nothing else: it has no upstream
+    to forward to (cluster/dns), so any other name is REFUSED at once and no query leaves the
+    machine; a pod's resolver (the kubelet's clusterDNS) fails such a name without waiting."""
+    _local_cluster_only(host_network)
+
+    assert dnsquery.query(DNS_SERVICE_IP, f"kubernetes.default.svc.{CLUSTER_DOMAIN}") == (
+        dnsquery.NOERROR, ["198.18.0.1"],
+    )  # fmt: skip
+    assert dnsquery.query(DNS_SERVICE_IP, f"nothing.default.svc.{CLUSTER_DOMAIN}").rcode == (
+        dnsquery.NXDOMAIN
+    )
+    for outside in ("example.com", "localhost", "kubernetes.default.svc.cluster.example"):
+        assert dnsquery.query(DNS_SERVICE_IP, outside) == (dnsquery.REFUSED, []), outside
+
+    seen = run_script(api_client, namespace, "outside", worker_image, _RESOLVE_OUTSIDE)
+    assert isinstance(seen, dict)
+    assert seen["nameservers"] == [DNS_SERVICE_IP], seen
+    assert seen["outcome"] != "resolved", seen
+    assert seen["seconds"] < 2, seen

@@ -20,6 +20,9 @@ from tests.e2e.kube import pod_ready, process_start_time, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 CGROUP_PARENT = "celery-operator"  # cluster/lib.sh: the kubelet's cgroup root
 POD_BRIDGE = Path("/sys/class/net/celeryop0")  # cluster/lib.sh: pod_bridge
+SERVICE_CIDR = "198.18.0.0/24"  # cluster/lib.sh: service_cidr
+# What marks the cluster's iptables: kube-proxy's and the kubelet's chains, up.sh's reject rule.
+IPTABLES_MARKS = ("KUBE-", "celery-operator-cluster")
 
 
 def recorded_processes(state_dir: Path) -> dict[int, str | None]:
@@ -45,6 +48,21 @@ def other_sessions(state_dir: Path) -> list[int]:
         if pid != os.getpid() and process_start_time(pid) == file.read_text():
             users.append(pid)
     return users
+
+
+def iptables_of_the_cluster() -> list[str]:
+    """The lines of ``iptables-save`` and ``ip6tables-save`` that belong to the cluster."""
+    lines = []
+    for command in ("iptables-save", "ip6tables-save"):
+        saved = subprocess.run([command], capture_output=True, text=True, check=True).stdout
+        lines += [line for line in saved.splitlines() if any(m in line for m in IPTABLES_MARKS)]
+    return lines
+
+
+def service_routes() -> str:
+    return subprocess.run(
+        ["ip", "route", "show", SERVICE_CIDR], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -86,9 +104,12 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
         pytest.skip(f"other test sessions (PIDs {others}) still use the cluster: left running")
     run_a_pod_with_a_volume(api_client, worker_image)
     processes = recorded_processes(state_dir)
-    assert len(processes) > 6, processes  # six components, plus shims and containers
+    assert len(processes) > 8, processes  # eight components, plus shims and containers
+    assert {f.stem for f in (state_dir / "run").glob("*.pid")} >= {"kube-proxy", "coredns"}
     assert mounts_under(state_dir)
     assert list(POD_BRIDGE.glob("brif/*")), "the bridged pod has no port on the pod bridge"
+    assert any("KUBE-SERVICES" in line for line in iptables_of_the_cluster()), "no kube-proxy"
+    assert service_routes(), "no route for the service range"
 
     subprocess.run(
         [str(ROOT / "cluster" / "down.sh")],
@@ -105,3 +126,5 @@ def test_cluster_down_stops_every_process_and_unmounts_everything(
     assert not state_dir.exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"))
     assert not POD_BRIDGE.exists(), "the pod bridge is still there"
+    assert not iptables_of_the_cluster(), "iptables rules or chains left"
+    assert not service_routes(), "the service range's route is still there"
