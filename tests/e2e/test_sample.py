@@ -1,9 +1,10 @@
-"""The sample a user applies (``make up``'s ``examples/local``, or ``examples/kind`` on a cluster
-with a pod network), rendered with kustomize as ``kubectl apply -k`` would: it runs as written,
-its workers and beat under the ``restricted`` Pod Security Standard that its namespace enforces.
+"""The sample a user applies (``examples/local``, the same on the local cluster and on kind),
+rendered with kustomize as ``kubectl apply -k`` would: it runs as written, its workers and beat
+under the ``restricted`` Pod Security Standard that its namespace enforces, reaching Redis by its
+Service's DNS name.
 
-Only the names that would collide with a demo already running on this machine change: the two
-namespaces (the test's own) and the broker's port.
+Only the names that would collide with a demo already running on this cluster change: the two
+namespaces (the test's own).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.e2e.kube import wait_for
 
 SAMPLE_NAMESPACE = "celery-demo"
 BROKER_NAMESPACE = "celery-demo-broker"
-SAMPLE_PORT = "6390"
+SAMPLE_PORT = 6379
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def broker_namespace(api_client: client.ApiClient, namespace: str) -> Iterator[s
     _delete_namespace(client.CoreV1Api(api_client), name)
 
 
-def _rendered(sample: str, namespace: str, broker_namespace: str, port: int) -> list[Any]:
+def _rendered(namespace: str, broker_namespace: str) -> list[Any]:
     out = subprocess.run(
-        [*_kubectl(), "kustomize", str(ROOT / "examples" / sample)],
+        [*_kubectl(), "kustomize", str(ROOT / "examples" / "local")],
         capture_output=True,
         text=True,
         check=True,
@@ -53,8 +54,6 @@ def _rendered(sample: str, namespace: str, broker_namespace: str, port: int) -> 
             }
     text = yaml.safe_dump_all(docs)
     text = text.replace(BROKER_NAMESPACE, broker_namespace).replace(SAMPLE_NAMESPACE, namespace)
-    text = text.replace(f"'{SAMPLE_PORT}'", f"'{port}'").replace(f":{SAMPLE_PORT}/", f":{port}/")
-    assert SAMPLE_PORT not in text, "the sample's port was not replaced everywhere"
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -67,9 +66,7 @@ def test_the_sample_runs_as_written_under_the_restricted_standard(
     host_network: bool,
 ) -> None:
     core = client.CoreV1Api(api_client)
-    port = free_port()
-    sample = "local" if host_network else "kind"  # as scripts/up.sh chooses
-    docs = _rendered(sample, namespace, broker_namespace, port)
+    docs = _rendered(namespace, broker_namespace)
     clusters_docs = [d for d in docs if d["kind"] == "CeleryCluster"]
     for doc in docs:
         if doc["kind"] == "Namespace" and doc["metadata"]["name"] == namespace:
@@ -87,28 +84,33 @@ def test_the_sample_runs_as_written_under_the_restricted_standard(
     for pod in pods:
         assert not pod["spec"].get("hostNetwork"), pod["metadata"]["name"]
 
-    with _broker_from_here(broker_namespace, port, host_network) as local:
-        app = _celery(f"redis://127.0.0.1:{local}/0")
+    with _broker_from_here(core, broker_namespace, host_network) as address:
+        app = _celery(f"redis://{address}/0")
         assert app.send_task(f"{TASKS}.add", args=(20, 22)).get(timeout=60) == 42
         app.close()
 
 
 @contextlib.contextmanager
-def _broker_from_here(broker_namespace: str, port: int, host_network: bool) -> Iterator[int]:
-    """The sample's Redis port on this machine: its own under host networking, else through
+def _broker_from_here(
+    core: client.CoreV1Api, broker_namespace: str, local_cluster: bool
+) -> Iterator[str]:
+    """Where this process reaches the sample's Redis (host:port): on the local cluster, whose
+    node this process runs on, the Service's cluster IP (kube-proxy); elsewhere through
     ``kubectl port-forward`` to the Redis Deployment."""
-    if host_network:
-        yield port
+    if local_cluster:
+        service = core.read_namespaced_service("redis", broker_namespace)
+        assert service.spec
+        yield f"{service.spec.cluster_ip}:{SAMPLE_PORT}"
         return
     local = free_port()
     forward = subprocess.Popen(
         [*_kubectl(), "port-forward", "-n", broker_namespace, "deployment/redis",
-         f"{local}:{port}", "--address", "127.0.0.1"],
+         f"{local}:{SAMPLE_PORT}", "--address", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_for(lambda: _accepts(local), timeout=30, message="kubectl port-forward to Redis")
-        yield local
+        yield f"127.0.0.1:{local}"
     finally:
         forward.terminate()
         forward.wait(timeout=10)
