@@ -8,7 +8,10 @@ run the operator. A thread samples the Lease and every process's ``/healthz`` (K
 leads, the standby's own before) every quarter second for the whole test: never may two
 processes run Kopf at once, and the Lease may only ever pass on, never come back.
 
-The figures (kill and graceful takeover) are printed; the cluster-wide budget they must meet is
+A second test takes the leader's right to renew away (deletes its Lease RoleBinding): it must
+exit within the renew deadline of its last renewal, before the Lease could expire for anyone.
+
+The figures (kill and graceful takeover, the exit) are printed; the cluster-wide budget they must meet is
 README's: a SIGKILLed leader is replaced within 15 s (lease duration 10 s + retry period 2 s, and
 Kopf's start), a SIGTERMed one within about 3 s (its release, then the standby's next retry).
 """
@@ -24,6 +27,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from tests.e2e.kube import wait_for
 from tests.e2e.opproc import OperatorProcess, say
 
 LEASE = "celery-operator"  # the default --lease-name, the one the Role grants
+LEADER_ELECTION = "celery-operator-leader-election"  # deploy/operator/leader-election.yaml
 KILL_TAKEOVER_S = 15.0
 GRACEFUL_TAKEOVER_S = 3.0
 SAMPLE_INTERVAL_S = 0.25
@@ -125,37 +130,46 @@ def operator_kubeconfig(
     )
 
 
-@pytest.fixture
-def candidates(
-    operator_kubeconfig: Path, namespace: str, tmp_path: Path
-) -> Iterator[Callable[[str], OperatorProcess]]:
-    """Operator processes by name (their ``POD_NAME``), not started; all stopped afterwards."""
-    made: list[OperatorProcess] = []
+class Candidates:
+    """Operator processes by name (their ``POD_NAME``), not started; all stopped afterwards,
+    their logs free of tracebacks and of 403s (but those ``refusals_expected`` matches)."""
 
-    def make(name: str) -> OperatorProcess:
+    def __init__(self, kubeconfig: Path, namespace: str, logs: Path) -> None:
+        self.kubeconfig, self.namespace, self.logs = kubeconfig, namespace, logs
+        self.made: list[OperatorProcess] = []
+        self.refusals_expected: re.Pattern[str] | None = None
+
+    def __call__(self, name: str) -> OperatorProcess:
         process = OperatorProcess(
-            namespace,
-            str(operator_kubeconfig),
-            tmp_path / f"{name}.log",
+            self.namespace,
+            str(self.kubeconfig),
+            self.logs / f"{name}.log",
             env={
                 "PYTHONUNBUFFERED": "1",  # the log is read while the process runs
                 "POD_NAME": name,
-                "POD_NAMESPACE": namespace,  # the Lease's namespace, as the downward API sets it
+                "POD_NAMESPACE": self.namespace,  # the Lease's, as the downward API sets it
                 "CELERY_OPERATOR_RECONCILE_INTERVAL_SECONDS": "3",
                 "CELERY_OPERATOR_HEALTH_INTERVAL_SECONDS": "3",
             },
             args=["--leader-elect", "-v"],
         )
-        made.append(process)
+        self.made.append(process)
         return process
 
-    yield make
-    for process in made:
-        process.stop()
-    for process in made:
-        assert not process.tracebacks(), process.log_tail()
-        refused = rbac.refusals(process.log_text())
-        assert not refused, "the Roles lack what the operator used:\n" + "\n".join(refused)
+    def stop_and_check(self) -> None:
+        for process in self.made:
+            process.stop()
+        for process in self.made:
+            assert not process.tracebacks(), process.log_tail()
+            refused = rbac.refusals(process.log_text(), self.refusals_expected)
+            assert not refused, "the Roles lack what the operator used:\n" + "\n".join(refused)
+
+
+@pytest.fixture
+def candidates(operator_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Candidates]:
+    made = Candidates(operator_kubeconfig, namespace, tmp_path)
+    yield made
+    made.stop_and_check()
 
 
 def observed_generation(clusters: Clusters) -> int:
@@ -193,7 +207,7 @@ def test_one_leader_at_a_time_and_the_standby_takes_over(
     namespace: str,
     clusters: Clusters,
     sample_spec: Callable[..., dict[str, Any]],
-    candidates: Callable[[str], OperatorProcess],
+    candidates: Candidates,
 ) -> None:
     with Census(api_client, namespace) as census:
         # Two candidates start at once: exactly one leads.
@@ -281,3 +295,40 @@ def test_one_leader_at_a_time_and_the_standby_takes_over(
     assert samples[-1].transitions == 2  # created by the first, then passed on twice
     span = samples[-1].at - samples[0].at
     say(f"{len(samples)} samples of the Lease and the processes over {span:.0f}s")
+
+
+def test_a_leader_that_cannot_renew_exits_before_the_lease_expires(
+    api_client: client.ApiClient, namespace: str, candidates: Candidates
+) -> None:
+    """The leader loses the right to renew (its Lease Role's binding deleted): within the renew
+    deadline of its last renewal it exits (code 1, for the kubelet to restart it as a standby),
+    before the Lease, renewed last at that renewal, could expire for anyone else."""
+    leader = candidates("op-a")
+    leader.start()
+    wait_for(lambda: runs_kopf(leader), timeout=15, message="op-a never ran Kopf")
+    leases = client.CoordinationV1Api(api_client)
+    spec = leases.read_namespaced_lease(LEASE, namespace).spec
+    assert spec is not None
+    assert (spec.holder_identity or "").startswith("op-a_")
+    candidates.refusals_expected = re.compile(r"the Lease .* 403 Forbidden")
+    client.RbacAuthorizationV1Api(api_client).delete_namespaced_role_binding(
+        LEADER_ELECTION, namespace
+    )
+    cut = time.monotonic()
+    assert leader.process is not None
+    assert leader.process.wait(timeout=20) == 1, leader.log_tail()
+    exited_after = time.monotonic() - cut
+    exit_line = next(line for line in leader.log_text().splitlines() if "exiting:" in line)
+    exited_at = datetime.strptime(exit_line[1:24], "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
+    lease = leases.read_namespaced_lease(LEASE, namespace)
+    assert lease.spec is not None
+    assert lease.spec.renew_time is not None
+    since_renewal = (exited_at - lease.spec.renew_time).total_seconds()
+    say(
+        f"renewals refused: the leader exited {exited_after:.1f}s after the cut,"
+        f" {since_renewal:.1f}s after its last renewal (lease duration 10s)"
+    )
+    assert "could not renew it for 7 s" in exit_line
+    # It kept trying for the renew deadline (7 s, from just before that renewal was sent), and
+    # exited well before the others may take over (10 s after they saw the renewal).
+    assert 6.5 <= since_renewal < 9
