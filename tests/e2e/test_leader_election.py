@@ -11,7 +11,7 @@ processes run Kopf at once, and the Lease may only ever pass on, never come back
 A second test takes the leader's right to renew away (deletes its Lease RoleBinding): it must
 exit within the renew deadline of its last renewal, before the Lease could expire for anyone.
 
-The figures (kill and graceful takeover, the exit) are printed; the cluster-wide budget they must meet is
+The figures (kill and graceful takeover, the exit) are printed; the budget they must meet is
 README's: a SIGKILLed leader is replaced within 15 s (lease duration 10 s + retry period 2 s, and
 Kopf's start), a SIGTERMed one within about 3 s (its release, then the standby's next retry).
 """
