@@ -2,13 +2,17 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps up down test lint typecheck unit integration e2e bench cluster cluster-down image
+.PHONY: deps up dev down test lint typecheck unit integration e2e bench cluster cluster-down image
 
 deps:
 	@scripts/deps.sh
 
 up: deps
 	@scripts/up.sh
+
+# The operator from the working tree, on this machine, in place of the installed one (Ctrl-C).
+dev: deps
+	@scripts/dev.sh
 
 down:
 	@scripts/down.sh

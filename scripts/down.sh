@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops what `make up` started: the operator process, then the local cluster.
+# Stops what `make up` started: the operator process (where it ran one), then the local cluster
+# (the installed operator goes with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pidfile=${CELERY_OPERATOR_CACHE:-$HOME/.cache/celery-operator}/demo/operator.pid

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: a local Kubernetes cluster (or the one KUBECONFIG names), the CRD, the operator
-# (as a process on this machine) and the sample CeleryCluster with its Redis; then one task
-# round-trips through the workers. Re-running it is safe and quick.
+# The main job: a local Kubernetes cluster (or the one KUBECONFIG names), the operator installed
+# in it with kubectl apply -k examples/operator (on another cluster: as a process on this
+# machine), and the sample CeleryCluster with its Redis; then one task round-trips through the
+# workers. Re-running it is safe and quick. `make dev` runs the operator from the working tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CELERY_OPERATOR_CACHE:-$HOME/.cache/celery-operator}/demo
@@ -19,14 +20,26 @@ kubectl apply -f crds/celeryoperator.dev_celeryclusters.yaml
 kubectl wait --for condition=Established --timeout=60s crd/celeryclusters.celeryoperator.dev
 
 pidfile=$state/operator.pid
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+if [ -n "$local_cluster" ]; then
+  # The operator as a user installs it: its image (built and imported by cluster/up.sh), two
+  # replicas with a leader, from the overlay a user would copy (examples/operator).
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "stopping the operator process an older make up started (pid $(cat "$pidfile"))"
+    kill "$(cat "$pidfile")" && rm -f "$pidfile"
+  fi
+  kubectl apply -k examples/operator
+  # The image keeps its tag (:dev) when operator/ changes: name its build in the pod template,
+  # so that a changed image rolls the pods and an unchanged one leaves them alone.
+  build=$(basename "$(dirname "$(cluster/image.sh layers operator | tail -n 1)")")
+  kubectl -n celery-operator patch deployment celery-operator --type merge -p \
+    "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"celeryoperator.dev/image-build\":\"$build\"}}}}}"
+  kubectl -n celery-operator rollout status deployment/celery-operator --timeout=180s
+elif [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "operator already running (pid $(cat "$pidfile"))"
 else
-  # On the local cluster the operator runs on its node, resolving names through the cluster's DNS
-  # as it would in a pod (the sample's broker URL names the Redis Service).
-  resolver=()
-  [ -z "$local_cluster" ] || resolver=(cluster/with-cluster-dns.sh)
-  setsid "${resolver[@]}" .venv/bin/python -m celery_operator --namespace celery-demo \
+  # Another cluster (kind): no operator image there unless you load one (README), so the operator
+  # runs as a process on this machine.
+  setsid .venv/bin/python -m celery_operator --namespace celery-demo \
     --liveness-port 8089 >"$state/operator.log" 2>&1 < /dev/null &
   echo $! >"$pidfile"
   echo "operator started (pid $!), log: $state/operator.log"
@@ -56,7 +69,19 @@ The sample runs. Next:
   kubectl -n celery-demo logs -f deploy/demo-worker-default   # watch them run
   .venv/bin/python examples/submit.py --broker $broker --queue slow --count 6 sleep 20
   kubectl -n celery-demo get celeryclusters -w         # the slow pool scales 0 → 3 → 0
-  curl -s 127.0.0.1:9090/metrics | grep celery_operator_queue_backlog
+MSG
+if [ -n "$local_cluster" ]; then
+  metrics=$(kubectl -n celery-operator get service celery-operator-metrics -o jsonpath='{.spec.clusterIP}')
+  cat <<MSG
+  curl -s $metrics:9090/metrics | grep celery_operator_queue_backlog   # through its Service
+  kubectl -n celery-operator get lease celery-operator  # which of the two pods leads
+  kubectl -n celery-operator logs -f -l app.kubernetes.io/name=celery-operator --prefix
+  make dev                                             # run the operator from this tree instead
+  make down                                            # stop the cluster
+MSG
+else
+  cat <<MSG
   tail -f $state/operator.log                          # the operator
   make down                                            # stop the operator and the cluster
 MSG
+fi

@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         verbose=settings.verbose,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
+    if not settings.verbose:
+        # One line per kubelet probe of /healthz (every 5 s in a pod) buries the operator's own.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     liveness = (
         f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     )
