@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import prometheus_client
@@ -53,30 +53,33 @@ def app(vhost: Vhost, redis_url: str) -> Iterator[Celery]:
     producer.close()
 
 
-def _spec(
-    clusters: Clusters,
-    vhost: Vhost,
-    redis_url: str,
-    worker_image: str,
-    host_network: bool,
-    *,
-    management_api: bool = True,
-    beat: bool = False,
-    **pool: Any,
-) -> dict[str, Any]:
-    spec = rabbit_spec(
-        clusters,
-        vhost,
-        redis_url,
-        worker_image,
-        host_network,
-        management_api=management_api,
-        prefetchMultiplier=1,
-        **pool,
-    )
-    if not beat:
-        spec["beat"] = {"enabled": False}
-    return spec
+SpecMaker = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def make_spec(
+    clusters: Clusters, vhost: Vhost, redis_url: str, worker_image: str, host_network: bool
+) -> SpecMaker:
+    """A CeleryCluster spec on the test's vhost (its Secrets in place), prefetch 1; keywords
+    change workers[0]; beat off unless ``beat=True``; the management API unless
+    ``management_api=False``."""
+
+    def make(*, management_api: bool = True, beat: bool = False, **pool: Any) -> dict[str, Any]:
+        spec = rabbit_spec(
+            clusters,
+            vhost,
+            redis_url,
+            worker_image,
+            host_network,
+            management_api=management_api,
+            prefetchMultiplier=1,
+            **pool,
+        )
+        if not beat:
+            spec["beat"] = {"enabled": False}
+        return spec
+
+    return make
 
 
 def _replicas(clusters: Clusters, pool: str = "default") -> int:
@@ -134,16 +137,13 @@ def test_the_sample_runs_its_tasks_and_beat_on_rabbitmq(
     operator: KopfRunner,
     clusters: Clusters,
     redis_url: str,
-    worker_image: str,
-    host_network: bool,
     app: Celery,
     run_log: RunLog,
+    make_spec: SpecMaker,
 ) -> None:
     """Without a management API: tasks and beat run, and the status says the broker is read
     through the fallback, ready messages only."""
-    spec = _spec(
-        clusters, vhost, redis_url, worker_image, host_network, management_api=False, beat=True
-    )
+    spec = make_spec(management_api=False, beat=True)
     clusters.create("demo", spec)
     clusters.wait_phase("demo", "Available")
 
@@ -184,17 +184,11 @@ def test_a_burst_scales_the_pool_from_zero_up_and_back_to_zero(
     operator: KopfRunner,
     clusters: Clusters,
     redis_url: str,
-    worker_image: str,
-    host_network: bool,
     app: Celery,
     run_log: RunLog,
+    make_spec: SpecMaker,
 ) -> None:
-    spec = _spec(
-        clusters,
-        vhost,
-        redis_url,
-        worker_image,
-        host_network,
+    spec = make_spec(
         concurrency=2,
         autoscaling={
             "minReplicas": 0,
@@ -237,17 +231,11 @@ def test_a_scale_down_removes_only_idle_workers(
     operator: KopfRunner,
     clusters: Clusters,
     redis_url: str,
-    worker_image: str,
-    host_network: bool,
     app: Celery,
     run_log: RunLog,
+    make_spec: SpecMaker,
 ) -> None:
-    spec = _spec(
-        clusters,
-        vhost,
-        redis_url,
-        worker_image,
-        host_network,
+    spec = make_spec(
         concurrency=1,
         terminationGracePeriodSeconds=90,
         autoscaling={
@@ -287,18 +275,15 @@ def test_a_90s_rabbitmq_outage_restarts_nothing_and_holds_the_replicas(
     clusters: Clusters,
     rabbit: RabbitServer,
     redis_url: str,
-    worker_image: str,
-    host_network: bool,
     api_client: client.ApiClient,
     app: Celery,
     run_log: RunLog,
+    make_spec: SpecMaker,
 ) -> None:
     """RabbitMQ is killed and started again after 90 s on the same ports and data: its durable
     queues and persistent messages come back, its connections do not. A fixed pool and beat
     (default probes) and an autoscaled pool at two replicas live through it."""
-    spec = _spec(
-        clusters, vhost, redis_url, worker_image, host_network, beat=True, replicas=2, concurrency=1
-    )
+    spec = make_spec(beat=True, replicas=2, concurrency=1)
     spec["workers"].append(
         {
             "name": "auto",
@@ -409,18 +394,12 @@ def test_the_management_api_shows_in_flight_tasks(
     operator: KopfRunner,
     clusters: Clusters,
     redis_url: str,
-    worker_image: str,
-    host_network: bool,
     app: Celery,
+    make_spec: SpecMaker,
 ) -> None:
     """One worker with two pool slots takes two of five long tasks: RabbitMQ holds three ready
     and two unacknowledged (late acks), and the operator reports both."""
-    spec = _spec(
-        clusters,
-        vhost,
-        redis_url,
-        worker_image,
-        host_network,
+    spec = make_spec(
         concurrency=2,
         autoscaling={"minReplicas": 1, "maxReplicas": 1},
     )
