@@ -6,8 +6,9 @@ the image named as ``examples/operator`` names it), reaching the API server thro
 
 It reconciles a CeleryCluster; a real Prometheus scrapes it through its metrics Service; its
 liveness probe passes (no restart, no ``Unhealthy`` event); and deleting the leader's pod in the
-middle of a burst hands the Lease to the standby within 15 s, after which the burst is worked
-off, every task runs once, and each scaling step is written once.
+middle of a burst, with a stuck worker about to be restarted, hands the Lease to the standby
+within 15 s, after which the burst is worked off, every task runs once, each scaling step is
+written once, and the stuck worker is restarted once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ LEASE: Final = "celery-operator"
 TAKEOVER_BUDGET_S: Final = 15.0
 BURST: Final = 40
 TASK_SECONDS: Final = 1.5
+STUCK_AFTER_SECONDS: Final = 15
 
 pytestmark = pytest.mark.e2e
 
@@ -231,11 +233,14 @@ def test_the_installed_operator_reconciles_is_scraped_and_hands_over_within_15s(
     redis_ip = _redis_service(core, apps, namespace)
     clusters.put_secret("broker", {"url": f"redis://redis.{namespace}.svc:6379/0"})
     spec = demo_spec(worker_image, host_network=False, concurrency=2)
-    spec["workers"].append(
+    spec["workers"] += [
         {"name": "burst", "queues": ["burst"], "concurrency": 2,
          "autoscaling": {"minReplicas": 0, "maxReplicas": 3,
-                         "scaleDown": {"stabilizationWindowSeconds": 5}}}
-    )  # fmt: skip
+                         "scaleDown": {"stabilizationWindowSeconds": 5}}},
+        {"name": "stuck", "queues": ["stuck"], "replicas": 1, "concurrency": 1,
+         "terminationGracePeriodSeconds": 5,
+         "hungWorkers": {"stuckAfterSeconds": STUCK_AFTER_SECONDS}},
+    ]  # fmt: skip
     clusters.create("demo", spec)
     clusters.wait_phase("demo", "Available", timeout=240)
     app = _celery(f"redis://{redis_ip}:6379/0")
@@ -274,7 +279,20 @@ def test_the_installed_operator_reconciles_is_scraped_and_hands_over_within_15s(
     ]
     assert not unhealthy, unhealthy
 
-    # A burst; once the pool is scaling, the leader's pod is deleted.
+    # A worker gets stuck (its one slot in an endless task while work waits), and a burst
+    # comes; once the burst's pool is scaling, the leader's pod is deleted: the scaling and the
+    # hung-worker restart are in flight across the handover.
+    [stuck_pod] = [
+        p.metadata.name
+        for p in core.list_namespaced_pod(
+            namespace, label_selector=f"{naming.POOL_LABEL}=stuck"
+        ).items
+    ]
+    app.send_task(f"{TASKS}.sleep", args=[3600], queue="stuck")
+    waiting = [
+        app.send_task(f"{TASKS}.record", args=["unstuck", str(i)], queue="stuck").id
+        for i in range(3)
+    ]
     key = "handover"
     ids = [
         app.send_task(f"{TASKS}.record_after", args=[key, str(i), TASK_SECONDS], queue="burst").id
@@ -310,6 +328,20 @@ def test_the_installed_operator_reconciles_is_scraped_and_hands_over_within_15s(
         timeout=180,
         message="the pool never went back to zero after the handover",
     )
+    # The stuck worker was restarted once, by whichever leader judged it, and its queue drained.
+    for task_id in waiting:
+        app.AsyncResult(task_id).get(timeout=180)
+    assert broker.scard("unstuck:tokens") == 3
+    assert int(broker.get("unstuck:runs") or 0) == 3
+    restarts = [
+        (e.message, e.count or 1)
+        for e in core.list_namespaced_event(namespace).items
+        if e.reason == "RestartedHungWorker"
+    ]
+    assert len(restarts) == 1, restarts
+    message, count = restarts[0]
+    assert f"deleted pod {stuck_pod}" in message, message
+    assert count == 1, restarts
     # Each scaling step was written once: no Event counted twice, no step repeated.
     steps = [
         (e.reason, e.message, e.count or 1)
