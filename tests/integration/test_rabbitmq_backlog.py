@@ -396,53 +396,6 @@ def test_celery_events_arrive_from_a_worker_on_rabbitmq(
         app.close()
 
 
-# --- a broker that goes away -------------------------------------------------------------------
-
-
-def test_a_frozen_rabbitmq_is_unavailable_within_the_timeout(
-    rabbit: RabbitServer, api: ManagementApi
-) -> None:
-    rabbit.pause()
-    try:
-        reads: list[Callable[[], object]] = [
-            lambda: rabbitmq.read_management(api, "/", ["celery"], timeout=1.0),
-            lambda: rabbitmq.read_amqp(rabbit.amqp_url(), ["celery"], timeout=1.0),
-        ]
-        for read in reads:
-            started = time.monotonic()
-            with pytest.raises(BrokerUnavailable, match=r"timed out|timeout") as raised:
-                read()
-            assert time.monotonic() - started < 1.0 + 0.5
-            assert rabbit.password not in str(raised.value)
-    finally:
-        rabbit.resume()
-
-
-def test_a_stopped_rabbitmq_is_unavailable_at_once_and_readable_after_restart(
-    rabbit: RabbitServer, api: ManagementApi
-) -> None:
-    rabbit.stop()
-    try:
-        started = time.monotonic()
-        with pytest.raises(BrokerUnavailable) as management:
-            rabbitmq.read_management(api, "/", ["celery"], timeout=TIMEOUT)
-        with pytest.raises(BrokerUnavailable) as amqp:
-            rabbitmq.read_amqp(rabbit.amqp_url(), ["celery"], timeout=TIMEOUT)
-        assert time.monotonic() - started < TIMEOUT
-    finally:
-        rabbit.start()
-    assert str(management.value) == (
-        f"the management API {rabbit.management_url}: cannot list the queues: "
-        "[Errno 111] Connection refused"
-    )
-    assert str(amqp.value).startswith(f"amqp://127.0.0.1:{rabbit.amqp_port}//: cannot read")
-    assert "Connection refused" in str(amqp.value)
-    for message in (str(management.value), str(amqp.value)):
-        assert rabbit.password not in message
-        assert rabbit.username not in message
-    assert rabbitmq.read_management(api, "/", ["celery"], timeout=TIMEOUT)["celery"].waiting == 0
-
-
 # --- the operator's shared broker on RabbitMQ ----------------------------------------------------
 
 
@@ -543,3 +496,54 @@ def test_without_a_management_api_the_shared_broker_says_unacked_is_unknown(
         assert reading.in_flight is None
     finally:
         shared.close()
+
+
+# --- a broker that goes away -------------------------------------------------------------------
+# Last in the module: they stop and restart its shared server, after which kombu's process-wide
+# pools still hold connections to the old node for any test that would come after.
+
+
+def test_a_frozen_rabbitmq_is_unavailable_within_the_timeout(
+    rabbit: RabbitServer, api: ManagementApi
+) -> None:
+    rabbit.pause()
+    try:
+        reads: list[Callable[[], object]] = [
+            lambda: rabbitmq.read_management(api, "/", ["celery"], timeout=1.0),
+            lambda: rabbitmq.read_amqp(rabbit.amqp_url(), ["celery"], timeout=1.0),
+        ]
+        for read in reads:
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match=r"timed out|timeout") as raised:
+                read()
+            assert time.monotonic() - started < 1.0 + 0.5
+            assert rabbit.password not in str(raised.value)
+    finally:
+        rabbit.resume()
+
+
+def test_a_stopped_rabbitmq_is_unavailable_at_once_and_readable_after_restart(
+    rabbit: RabbitServer, api: ManagementApi
+) -> None:
+    rabbit.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable) as management:
+            rabbitmq.read_management(api, "/", ["celery"], timeout=TIMEOUT)
+        with pytest.raises(BrokerUnavailable) as amqp:
+            rabbitmq.read_amqp(rabbit.amqp_url(), ["celery"], timeout=TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT
+    finally:
+        rabbit.start()
+    # Refused, or reset when the kernel had accepted the connection before the node died (seen
+    # on a loaded machine): either way down, said at once.
+    down = ("[Errno 111] Connection refused", "[Errno 104] Connection reset by peer")
+    assert str(management.value) in {
+        f"the management API {rabbit.management_url}: cannot list the queues: {why}" for why in down
+    }
+    assert str(amqp.value).startswith(f"amqp://127.0.0.1:{rabbit.amqp_port}//: cannot read")
+    assert any(why.partition("] ")[2] in str(amqp.value) for why in down)
+    for message in (str(management.value), str(amqp.value)):
+        assert rabbit.password not in message
+        assert rabbit.username not in message
+    assert rabbitmq.read_management(api, "/", ["celery"], timeout=TIMEOUT)["celery"].waiting == 0
