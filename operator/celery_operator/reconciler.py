@@ -146,7 +146,15 @@ class Reconciler:
         self._apply_children(run)
         self._read_broker(run)
         self._check_workers(run)
-        phase = self._write_status(run)
+        try:
+            phase = self._write_status(run)
+        except KubeError as error:
+            if not error.not_found:
+                raise
+            # Deleted during this pass: what it made goes with it (the garbage collector), and
+            # so does what the operator holds for it. Not an error to retry.
+            self.release(key)
+            return Outcome(found=False, writes=self.kube.writes - writes_before)
         return Outcome(
             found=True,
             writes=self.kube.writes - writes_before,

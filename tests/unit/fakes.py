@@ -21,7 +21,7 @@ from typing import Any
 from celery_operator import naming
 from celery_operator.brokers import Backlog, BrokerKey, Brokers, ClusterKey
 from celery_operator.health import Reply
-from celery_operator.kube import EventTarget, Kube
+from celery_operator.kube import EventTarget, Kube, KubeError
 from celery_operator.queues import QueueLoad
 
 Obj = dict[str, Any]
@@ -149,7 +149,9 @@ class FakeKube(Kube):
         self, namespace: str, name: str, status: Mapping[str, Any]
     ) -> Obj | None:
         self.writes += 1
-        cluster = self.objects[("CeleryCluster", namespace, name)]
+        cluster = self.objects.get(("CeleryCluster", namespace, name))
+        if cluster is None:  # as the API server answers for a deleted resource
+            raise KubeError(404, "NotFound", f'celeryclusters "{name}" not found')
         merged = {**cluster.get("status", {}), **copy.deepcopy(dict(status))}
         cluster["status"] = {k: v for k, v in merged.items() if v is not None}
         return copy.deepcopy(cluster)
